@@ -1,0 +1,210 @@
+"""Replay memories (tmrl's ``Memory``): the contract and the default ring-buffer memory.
+
+The contract, used by :class:`~relayrl.training_offline.TrainingOffline`:
+
+* built as ``memory_cls(nb_steps=..., device=...)`` (bind the rest with ``functools.partial``);
+* ``len(memory)``: the number of transitions that can be sampled now;
+* ``memory.append(buffer)``: store the transitions of a :class:`~relayrl.buffer.Buffer`;
+* ``iter(memory)``: yields exactly ``nb_steps`` batches, each a :class:`Batch`
+  ``(obs, act, rew, next_obs, terminated, truncated)`` of tensors on ``device``;
+* attributes ``batch_size``, ``capacity`` and ``device``.
+
+:class:`ReplayMemory` stores each field in one preallocated numpy ring buffer, samples indices
+uniformly with a seeded generator, gathers each field with one vectorised indexing operation and
+moves the batch to the device once (pinned memory and non-blocking copies on CUDA). Nothing is done
+per sample in Python. Memories that keep their data differently can subclass :class:`Memory` and
+implement ``__len__``, ``append`` and ``sample``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Iterator, NamedTuple
+
+import numpy as np
+import torch
+
+from .buffer import TRANSITION_FIELDS, Buffer
+
+
+class Batch(NamedTuple):
+    """A training batch; unpacks like tmrl's 6-tuple."""
+
+    obs: torch.Tensor
+    act: torch.Tensor
+    rew: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+
+
+class Memory(ABC):
+    """Base class of replay memories (see the module docstring for the contract)."""
+
+    def __init__(self, nb_steps: int, device: str | torch.device = "cpu", batch_size: int = 256,
+                 capacity: int = 1_000_000):
+        if int(nb_steps) < 1:
+            raise ValueError(f"nb_steps must be >= 1, got {nb_steps}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if int(capacity) < int(batch_size):
+            raise ValueError(f"capacity ({capacity}) must be at least batch_size ({batch_size}): "
+                             "raise the capacity or lower the batch size")
+        self.nb_steps = int(nb_steps)
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.capacity = int(capacity)
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Transitions that can be sampled now."""
+
+    @abstractmethod
+    def append(self, buffer: Buffer) -> None:
+        """Store the transitions of ``buffer``."""
+
+    @abstractmethod
+    def sample(self) -> Batch:
+        """One batch of ``batch_size`` transitions on ``device``."""
+
+    def __iter__(self) -> Iterator[Batch]:
+        for _ in range(self.nb_steps):
+            yield self.sample()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must hold to restore the memory (override when there is state)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+class ReplayMemory(Memory):
+    """Uniform replay over a preallocated ring buffer (the default memory).
+
+    Parameters
+    ----------
+    nb_steps, device:
+        Given by ``TrainingOffline`` (batches per round, where batches are collated).
+    batch_size:
+        Transitions per batch.
+    capacity:
+        Transitions kept; the oldest are overwritten first.
+    seed:
+        Seed of the sampling generator (``None``: fresh entropy).
+
+    Storage is allocated on the first ``append`` from the buffer's shapes and dtypes (observations
+    keep their dtype, so ``uint8`` images stay 1 byte per pixel); batches are float32 tensors.
+    """
+
+    def __init__(self, nb_steps: int, device: str | torch.device = "cpu", batch_size: int = 256,
+                 capacity: int = 1_000_000, seed: int | None = None):
+        super().__init__(nb_steps, device, batch_size, capacity)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._columns: dict[str, np.ndarray] | None = None
+        self._size = 0      # transitions stored
+        self._next = 0      # ring position of the next write
+        self.total_appended = 0
+        self._pin = self.device.type == "cuda"
+
+    def __len__(self) -> int:
+        return self._size
+
+    # --- writing -------------------------------------------------------------------------------
+    def _allocate(self, buffer: Buffer) -> None:
+        self._columns = {}
+        for name, column in buffer.arrays().items():
+            dtype = column.dtype
+            if name in ("rew",):
+                dtype = np.float32
+            elif name in ("terminated", "truncated"):
+                dtype = np.bool_
+            elif name == "act" and np.issubdtype(dtype, np.floating):
+                dtype = np.float32
+            self._columns[name] = np.empty((self.capacity, *column.shape[1:]), dtype=dtype)
+
+    def append(self, buffer: Buffer) -> None:
+        n = len(buffer)
+        if n == 0:
+            return
+        if self._columns is None:
+            self._allocate(buffer)
+        columns = self._columns
+        for name, column in buffer.arrays().items():
+            if column.shape[1:] != columns[name].shape[1:]:
+                raise ValueError(f"buffer field {name!r} has per-transition shape {column.shape[1:]},"
+                                 f" but this memory stores {columns[name].shape[1:]}: all workers "
+                                 "must use the same environment spaces")
+        if n > self.capacity:                 # only the newest `capacity` transitions survive
+            start = n - self.capacity
+            n = self.capacity
+        else:
+            start = 0
+        first = min(n, self.capacity - self._next)   # at most two contiguous writes
+        for name, column in buffer.arrays().items():
+            dst = columns[name]
+            dst[self._next:self._next + first] = column[start:start + first]
+            if first < n:
+                dst[:n - first] = column[start + first:start + n]
+        self._next = (self._next + n) % self.capacity
+        self._size = min(self.capacity, self._size + n)
+        self.total_appended += len(buffer)
+
+    # --- reading -------------------------------------------------------------------------------
+    def sample_indices(self) -> np.ndarray:
+        if self._size == 0:
+            raise RuntimeError("cannot sample from an empty memory: wait for samples "
+                               "(TrainingOffline gates on start_training and batch_size)")
+        return self._rng.integers(0, self._size, size=self.batch_size)
+
+    def collate(self, indices: np.ndarray) -> Batch:
+        """Gather ``indices`` from every column at once and move the batch to the device."""
+        tensors = []
+        for name in TRANSITION_FIELDS:
+            array = self._columns[name][indices]
+            tensor = torch.from_numpy(array)
+            if tensor.dtype != torch.float32:
+                tensor = tensor.to(torch.float32)
+            if self.device.type != "cpu":
+                if self._pin:
+                    tensor = tensor.pin_memory()
+                tensor = tensor.to(self.device, non_blocking=True)
+            tensors.append(tensor)
+        return Batch(*tensors)
+
+    def sample(self) -> Batch:
+        return self.collate(self.sample_indices())
+
+    def get_transition(self, index: int) -> tuple:
+        """One stored transition as numpy values (slow path, for inspection and custom memories)."""
+        if not 0 <= index < self._size:
+            raise IndexError(f"transition {index} out of range [0, {self._size})")
+        return tuple(self._columns[name][index] for name in TRANSITION_FIELDS)
+
+    # --- checkpointing -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        columns = {}
+        if self._columns is not None:
+            # store in chronological order, only the filled part
+            order = self._chronological_slice()
+            columns = {name: col[order] if not isinstance(order, slice) else col[order]
+                       for name, col in self._columns.items()}
+        return {"columns": columns, "total_appended": self.total_appended,
+                "rng": self._rng.bit_generator.state}
+
+    def _chronological_slice(self):
+        if self._size < self.capacity:
+            return slice(0, self._size)
+        return np.concatenate([np.arange(self._next, self.capacity), np.arange(0, self._next)])
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        columns = state.get("columns") or {}
+        self._columns, self._size, self._next = None, 0, 0
+        if columns:
+            missing = set(TRANSITION_FIELDS) - set(columns)
+            if missing:
+                raise ValueError(f"memory state lacks columns {sorted(missing)}")
+            self.append(Buffer(**{name: np.asarray(columns[name]) for name in TRANSITION_FIELDS}))
+        self.total_appended = int(state.get("total_appended", self._size))
+        if "rng" in state:
+            self._rng.bit_generator.state = state["rng"]

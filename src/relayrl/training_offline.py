@@ -1,0 +1,346 @@
+"""The training wrapper for off-policy algorithms: ``TrainingOffline`` and ``TorchTrainingOffline``.
+
+Glossary
+--------
+update (training step)
+    One ``agent.train(batch)`` call. ``total_updates`` counts them over the whole run.
+sample
+    One environment transition received from a worker. ``total_samples`` counts them.
+round
+    ``steps`` updates, after which one statistics row is produced.
+epoch
+    ``rounds`` rounds; the :class:`~relayrl.trainer.Trainer` checkpoints after each.
+
+The loop (``run_epoch``) in one screen::
+
+    agent_scheduler(agent, epoch)                     # if given
+    for each of `rounds` rounds:
+        wait until training is allowed                # start_training gate and the ratio cap
+        for each of `steps` updates:
+            if total_updates % update_buffer_interval == 0: pull new samples into the memory
+            agent.train(next batch); total_updates += 1
+            if total_updates % update_model_interval == 0: broadcast the actor
+            wait until training is allowed
+        one statistics row
+    epoch += 1
+
+Training is allowed when the memory holds at least ``max(start_training, batch_size)``
+transitions *and* ``total_updates <= max_training_steps_per_env_step * total_samples``.
+
+Differences from tmrl 0.7, on purpose: the counters live on the instance (and in checkpoints);
+``start_training`` is compared with what the memory can sample; every wait inside a round counts in
+``idle_time``; episode statistics are aggregated over all episodes finished in the round; the
+profiler (``profiling=True``) covers one whole *epoch*, as the documentation says; the interface is
+never stored on the instance.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+
+from .buffer import Buffer
+
+log = logging.getLogger("relayrl")
+
+#: Every key of a statistics row, with its unit and meaning (the README's table mirrors this).
+STATS_KEYS: dict[str, str] = {
+    "epoch": "epoch index (0-based) the round belongs to",
+    "round": "round index within the epoch (0-based)",
+    "total_updates": "training steps done since the run began, at the end of the round",
+    "total_samples": "transitions received since the run began, at the end of the round",
+    "memory_len": "transitions the memory can sample, at the end of the round",
+    "round_time": "seconds: wall-clock duration of the round, waits included",
+    "idle_time": "seconds: all time spent waiting for samples in the round (gate and ratio cap)",
+    "sampling_duration": "seconds: mean time to draw one batch from the memory",
+    "training_step_duration": "seconds: mean time of one agent.train(batch) call",
+    "buffer_pull_duration": "seconds: total time spent pulling buffers into the memory",
+    "updates_per_second": "updates in the round / round_time",
+    "samples_in_round": "transitions received during the round",
+    "update_to_data_ratio": "total_updates / total_samples at the end of the round (the cap's ratio)",
+    "return_train": "mean return of the training episodes finished in the round (NaN if none)",
+    "return_test": "mean return of the test (deterministic) episodes finished in the round (NaN if none)",
+    "episode_length_train": "mean length in steps of those training episodes (NaN if none)",
+    "episode_length_test": "mean length in steps of those test episodes (NaN if none)",
+    "episodes_train": "number of training episodes finished in the round",
+    "episodes_test": "number of test episodes finished in the round",
+}
+
+
+def spaces_from_env_cls(env_cls) -> tuple[Any, Any]:
+    """``(observation_space, action_space)`` from a tuple, or from an env built once and closed."""
+    if isinstance(env_cls, tuple):
+        if len(env_cls) != 2:
+            raise TypeError("env_cls as a tuple must be (observation_space, action_space), "
+                            f"got a tuple of length {len(env_cls)}")
+        return env_cls
+    if env_cls is None or not callable(env_cls):
+        raise TypeError("env_cls must be a callable returning an environment (a class, a factory or "
+                        "a functools.partial) or a tuple (observation_space, action_space); got "
+                        f"{env_cls!r}")
+    env = env_cls()
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        close = getattr(env, "close", None)
+        if callable(close):
+            close()
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class TrainingOffline:
+    """Training wrapper for off-policy algorithms (the tmrl 0.7 signature; see the module docs).
+
+    Parameters are those of the documentation: ``env_cls`` (an env factory or a tuple
+    ``(observation_space, action_space)``), ``memory_cls`` (called as
+    ``memory_cls(nb_steps=steps, device=device)``), ``training_agent_cls`` (called as
+    ``training_agent_cls(observation_space=..., action_space=..., device=device)``), ``epochs``,
+    ``rounds``, ``steps``, ``update_model_interval``, ``update_buffer_interval``,
+    ``max_training_steps_per_env_step``, ``sleep_between_buffer_retrieval_attempts``,
+    ``profiling``, ``agent_scheduler``, ``start_training`` and ``device`` (``None``: CPU here;
+    :class:`TorchTrainingOffline` picks the best torch device).
+    """
+
+    def __init__(self, env_cls=None, memory_cls=None, training_agent_cls=None, epochs: int = 10,
+                 rounds: int = 50, steps: int = 2000, update_model_interval: int = 100,
+                 update_buffer_interval: int = 100, max_training_steps_per_env_step: float = 1.0,
+                 sleep_between_buffer_retrieval_attempts: float = 1.0, profiling: bool = False,
+                 agent_scheduler: Callable | None = None, start_training: int = 0,
+                 device: str | None = None):
+        self.epochs = _positive_int("epochs", epochs)
+        self.rounds = _positive_int("rounds", rounds)
+        self.steps = _positive_int("steps", steps)
+        self.update_model_interval = _positive_int("update_model_interval", update_model_interval)
+        self.update_buffer_interval = _positive_int("update_buffer_interval", update_buffer_interval)
+        ratio = max_training_steps_per_env_step
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
+            raise ValueError("max_training_steps_per_env_step must be a positive number (updates "
+                             f"allowed per received sample; use float('inf') for no cap), got {ratio!r}")
+        self.max_training_steps_per_env_step = float(ratio)
+        sleep = sleep_between_buffer_retrieval_attempts
+        if not isinstance(sleep, (int, float)) or not 0 <= sleep < math.inf:
+            raise ValueError("sleep_between_buffer_retrieval_attempts must be a number of seconds "
+                             f">= 0, got {sleep!r}")
+        self.sleep_between_buffer_retrieval_attempts = float(sleep)
+        if isinstance(start_training, bool) or not isinstance(start_training, int) or start_training < 0:
+            raise ValueError(f"start_training must be an integer >= 0, got {start_training!r}")
+        self.start_training = start_training
+        if agent_scheduler is not None and not callable(agent_scheduler):
+            raise TypeError(f"agent_scheduler must be callable as f(agent, epoch), got {agent_scheduler!r}")
+        self.agent_scheduler = agent_scheduler
+        self.profiling = bool(profiling)
+        if memory_cls is None or training_agent_cls is None:
+            raise TypeError("memory_cls and training_agent_cls are required: pass e.g. "
+                            "functools.partial(ReplayMemory, batch_size=256) and SACAgent")
+        self.env_cls = env_cls
+        self.memory_cls = memory_cls
+        self.training_agent_cls = training_agent_cls
+        self.device = self._select_device(device)
+
+        observation_space, action_space = spaces_from_env_cls(env_cls)
+        self.observation_space, self.action_space = observation_space, action_space
+        self.memory = memory_cls(nb_steps=self.steps, device=self.device)
+        self.agent = training_agent_cls(observation_space=observation_space,
+                                        action_space=action_space, device=self.device)
+        capacity = getattr(self.memory, "capacity", None)
+        if capacity is not None and start_training > capacity:
+            raise ValueError(f"start_training ({start_training}) exceeds the memory capacity "
+                             f"({capacity}): training could never start; lower start_training or "
+                             "raise the memory capacity")
+        self.batch_size = int(getattr(self.memory, "batch_size", 1))
+
+        self.epoch = 0
+        self.total_updates = 0
+        self.total_samples = 0
+        self._round: dict[str, Any] = {}
+
+    def _select_device(self, device):
+        return "cpu" if device is None else device
+
+    # --- the loop --------------------------------------------------------------------------------
+    def run_epoch(self, interface) -> list[pd.Series]:
+        """Run one epoch against ``interface``; return one statistics row per round."""
+        if self.agent_scheduler is not None:
+            self.agent_scheduler(self.agent, self.epoch)
+        profiler = None
+        if self.profiling:
+            from pyinstrument import Profiler
+            profiler = Profiler()
+            profiler.start()
+        try:
+            rows = [self.run_round(interface, round_index) for round_index in range(self.rounds)]
+        finally:
+            if profiler is not None:
+                profiler.stop()
+                log.info("profile of epoch %d:\n%s", self.epoch, profiler.output_text(unicode=True))
+        self.epoch += 1
+        return rows
+
+    def run_round(self, interface, round_index: int = 0) -> pd.Series:
+        """``steps`` updates with their pulls, broadcasts and waits; returns the round's row."""
+        started = time.perf_counter()
+        stats = self._round = {"idle": 0.0, "pull": 0.0, "sampling": 0.0, "training": 0.0,
+                               "samples": 0, "episodes": [], "metrics": {}}
+        self.wait_until_training_allowed(interface)
+        batches = iter(self.memory)
+        for _ in range(self.steps):
+            if self.total_updates % self.update_buffer_interval == 0:
+                self.pull(interface)
+            t0 = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise RuntimeError(f"{type(self.memory).__name__} yielded fewer than nb_steps="
+                                   f"{self.steps} batches; its __iter__ must yield nb_steps batches")
+            t1 = time.perf_counter()
+            metrics = self.agent.train(batch)
+            t2 = time.perf_counter()
+            stats["sampling"] += t1 - t0
+            stats["training"] += t2 - t1
+            sums = stats["metrics"]
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+            self.total_updates += 1
+            if self.total_updates % self.update_model_interval == 0:
+                interface.broadcast_model(self.agent.get_actor())
+            self.wait_until_training_allowed(interface)
+        return self._make_row(round_index, time.perf_counter() - started)
+
+    # --- samples in, gate ------------------------------------------------------------------------
+    def pull(self, interface) -> int:
+        """Move newly arrived samples into the memory; return how many came."""
+        t0 = time.perf_counter()
+        buffer: Buffer = interface.retrieve_buffer()
+        n = len(buffer)
+        if n:
+            self.memory.append(buffer)
+            self.total_samples += n
+        stats = self._round
+        if stats:
+            stats["samples"] += n
+            stats["episodes"].extend(buffer.episodes)
+            stats["pull"] += time.perf_counter() - t0
+        report = getattr(interface, "report_progress", None)
+        if report is not None:
+            report(total_updates=self.total_updates, total_samples=self.total_samples,
+                   memory_len=len(self.memory))
+        return n
+
+    def training_allowed(self) -> bool:
+        if len(self.memory) < max(self.start_training, self.batch_size):
+            return False
+        return self.total_updates <= self.max_training_steps_per_env_step * self.total_samples
+
+    def wait_until_training_allowed(self, interface) -> None:
+        """Pull until training is allowed; the time spent counts as idle time."""
+        if self.training_allowed():
+            return
+        t0 = time.perf_counter()
+        last_notice = t0
+        wait = getattr(interface, "wait_for_data", None)
+        self.pull(interface)
+        while not self.training_allowed():
+            if wait is not None:
+                wait(self.sleep_between_buffer_retrieval_attempts)
+            else:
+                time.sleep(self.sleep_between_buffer_retrieval_attempts)
+            self.pull(interface)
+            now = time.perf_counter()
+            if now - last_notice > 30.0:
+                last_notice = now
+                log.warning("waiting for samples: memory holds %d (training needs %d), updates/"
+                            "samples = %d/%d (cap %.3g); are the workers running?", len(self.memory),
+                            max(self.start_training, self.batch_size), self.total_updates,
+                            self.total_samples, self.max_training_steps_per_env_step)
+        if self._round:
+            self._round["idle"] += time.perf_counter() - t0
+
+    # --- statistics --------------------------------------------------------------------------------
+    def _make_row(self, round_index: int, round_time: float) -> pd.Series:
+        s = self._round
+        train = [e for e in s["episodes"] if not e.test]
+        test = [e for e in s["episodes"] if e.test]
+
+        def mean(values):
+            return float(sum(values) / len(values)) if values else float("nan")
+
+        row = {
+            "epoch": self.epoch,
+            "round": round_index,
+            "total_updates": self.total_updates,
+            "total_samples": self.total_samples,
+            "memory_len": len(self.memory),
+            "round_time": round_time,
+            "idle_time": s["idle"],
+            "sampling_duration": s["sampling"] / self.steps,
+            "training_step_duration": s["training"] / self.steps,
+            "buffer_pull_duration": s["pull"],
+            "updates_per_second": self.steps / round_time if round_time > 0 else float("nan"),
+            "samples_in_round": s["samples"],
+            "update_to_data_ratio": (self.total_updates / self.total_samples
+                                     if self.total_samples else float("nan")),
+            "return_train": mean([e.episode_return for e in train]),
+            "return_test": mean([e.episode_return for e in test]),
+            "episode_length_train": mean([e.length for e in train]),
+            "episode_length_test": mean([e.length for e in test]),
+            "episodes_train": len(train),
+            "episodes_test": len(test),
+        }
+        for key, total in s["metrics"].items():
+            row[key] = total / self.steps
+        return pd.Series(row)
+
+    # --- checkpointing -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, agent and memory: everything a resumed run needs (no code, no pickle)."""
+        return {"epoch": self.epoch, "total_updates": self.total_updates,
+                "total_samples": self.total_samples, "agent": self.agent.state_dict(),
+                "memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.total_updates = int(state["total_updates"])
+        self.total_samples = int(state["total_samples"])
+        self.agent.load_state_dict(state["agent"])
+        self.memory.load_state_dict(state["memory"])
+
+
+def best_torch_device() -> str:
+    """CUDA if available, else Apple MPS, else CPU."""
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class TorchTrainingOffline(TrainingOffline):
+    """:class:`TrainingOffline` with automatic torch device selection (``device=None``: CUDA, else
+    MPS, else CPU); an explicit device such as ``"cuda:1"`` or ``"cpu"`` is honoured as given."""
+
+    def __init__(self, env_cls=None, memory_cls=None, training_agent_cls=None, epochs: int = 10,
+                 rounds: int = 50, steps: int = 2000, update_model_interval: int = 100,
+                 update_buffer_interval: int = 100, max_training_steps_per_env_step: float = 1.0,
+                 sleep_between_buffer_retrieval_attempts: float = 1.0, profiling: bool = False,
+                 agent_scheduler: Callable | None = None, start_training: int = 0,
+                 device: str | None = None):
+        super().__init__(env_cls, memory_cls, training_agent_cls, epochs, rounds, steps,
+                         update_model_interval, update_buffer_interval,
+                         max_training_steps_per_env_step, sleep_between_buffer_retrieval_attempts,
+                         profiling, agent_scheduler, start_training, device)
+
+    def _select_device(self, device):
+        if device is None:
+            return best_torch_device()
+        torch.device(device)  # raises a clear RuntimeError on a malformed device string
+        return device

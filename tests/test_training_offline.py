@@ -1,0 +1,262 @@
+import functools
+import inspect
+
+import gymnasium
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from relayrl.memory import ReplayMemory
+from relayrl.training_offline import STATS_KEYS, TorchTrainingOffline, TrainingOffline
+
+from helpers import SPACES, CountingAgent, ScriptedInterface
+
+EXPECTED_SIGNATURE = [
+    ("env_cls", None), ("memory_cls", None), ("training_agent_cls", None), ("epochs", 10),
+    ("rounds", 50), ("steps", 2000), ("update_model_interval", 100), ("update_buffer_interval", 100),
+    ("max_training_steps_per_env_step", 1.0), ("sleep_between_buffer_retrieval_attempts", 1.0),
+    ("profiling", False), ("agent_scheduler", None), ("start_training", 0), ("device", None),
+]
+
+
+def make(cls=TrainingOffline, batch_size=4, capacity=1000, **kwargs):
+    defaults = dict(env_cls=SPACES, memory_cls=functools.partial(ReplayMemory, batch_size=batch_size,
+                                                                 capacity=capacity, seed=0),
+                    training_agent_cls=CountingAgent, epochs=1, rounds=1, steps=10,
+                    update_model_interval=5, update_buffer_interval=5,
+                    sleep_between_buffer_retrieval_attempts=0.0)
+    defaults.update(kwargs)
+    return cls(**defaults)
+
+
+@pytest.mark.parametrize("cls", [TrainingOffline, TorchTrainingOffline])
+def test_exact_signature(cls):
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    assert [(p.name, p.default) for p in params] == EXPECTED_SIGNATURE
+
+
+def test_positional_call_works():
+    t = TrainingOffline(SPACES, functools.partial(ReplayMemory, batch_size=2), CountingAgent,
+                        2, 3, 4, 5, 6, 0.5, 0.0, False, None, 7, "cpu")
+    assert (t.epochs, t.rounds, t.steps, t.update_model_interval, t.update_buffer_interval) == (2, 3, 4, 5, 6)
+    assert t.max_training_steps_per_env_step == 0.5 and t.start_training == 7 and t.device == "cpu"
+    assert t.memory.nb_steps == 4
+
+
+def test_counters_live_on_the_instance():
+    a, b = make(), make()
+    iface = ScriptedInterface(a, per_pull=100)
+    a.run_epoch(iface)
+    assert a.total_updates == 10 and b.total_updates == 0
+    assert "total_updates" not in vars(TrainingOffline)
+
+
+def test_env_cls_as_class_is_built_once_and_closed():
+    made = []
+
+    class Env:
+        observation_space, action_space = SPACES
+
+        def __init__(self):
+            made.append(self)
+            self.closed = False
+
+        def close(self):
+            self.closed = True
+
+    t = make(env_cls=Env)
+    assert len(made) == 1 and made[0].closed
+    assert t.agent.observation_space is SPACES[0] and t.agent.action_space is SPACES[1]
+
+
+def test_env_cls_partial_of_gymnasium():
+    t = make(env_cls=functools.partial(gymnasium.make, "Pendulum-v1"))
+    assert t.action_space.shape == (1,) and t.observation_space.shape == (3,)
+
+
+@pytest.mark.parametrize("bad", [None, 3, "Pendulum-v1", (1, 2, 3)])
+def test_env_cls_bad_type(bad):
+    with pytest.raises(TypeError, match="env_cls"):
+        make(env_cls=bad)
+
+
+def test_factories_called_with_documented_keywords():
+    seen = {}
+
+    def memory_cls(**kwargs):
+        seen["memory"] = kwargs
+        return ReplayMemory(batch_size=2, **kwargs)
+
+    def agent_cls(**kwargs):
+        seen["agent"] = kwargs
+        return CountingAgent(**kwargs)
+
+    make(memory_cls=memory_cls, training_agent_cls=agent_cls, steps=7, device="cpu")
+    assert seen["memory"] == {"nb_steps": 7, "device": "cpu"}
+    assert seen["agent"] == {"observation_space": SPACES[0], "action_space": SPACES[1], "device": "cpu"}
+
+
+def test_pull_and_broadcast_schedule():
+    t = make(steps=12, update_model_interval=4, update_buffer_interval=3, start_training=0)
+    iface = ScriptedInterface(t, per_pull=1000)
+    t.run_epoch(iface)
+    pulls = [u for kind, u in iface.events if kind == "pull"]
+    broadcasts = [u for kind, u in iface.events if kind == "broadcast"]
+    # a first pull happens while waiting for the gate (at update 0), then every 3rd update from 0
+    assert [u for u in pulls if u >= 0] == [0, 0, 3, 6, 9]
+    assert broadcasts == [4, 8, 12]
+    assert t.total_updates == 12 and t.agent.calls == 12
+
+
+def test_ratio_cap_never_exceeded():
+    t = make(steps=50, update_buffer_interval=1, max_training_steps_per_env_step=2.0, batch_size=2)
+    iface = ScriptedInterface(t, per_pull=1)
+    ratios = []
+    original = t.agent.train
+
+    def train(batch):
+        ratios.append((t.total_updates + 1) / t.total_samples)
+        return original(batch)
+
+    t.agent.train = train
+    t.run_epoch(iface)
+    assert max(ratios) <= 2.0
+    assert t.total_updates == 50 and t.total_samples >= 25
+
+
+def test_start_training_gates_on_memory_length_and_batch_size():
+    t = make(steps=3, start_training=30, batch_size=8, update_buffer_interval=1)
+    lengths = []
+    original = t.agent.train
+
+    def train(batch):
+        lengths.append(len(t.memory))
+        return original(batch)
+
+    t.agent.train = train
+    t.run_epoch(ScriptedInterface(t, per_pull=7))
+    assert min(lengths) >= 30
+
+    t = make(steps=3, start_training=0, batch_size=16, update_buffer_interval=1)
+    t.agent.train = lambda batch, tt=t: (lengths.append(len(tt.memory)), {"x": 1.0})[1]
+    lengths.clear()
+    t.run_epoch(ScriptedInterface(t, per_pull=5))
+    assert min(lengths) >= 16  # never sampled from a memory smaller than a batch
+
+
+def test_start_training_larger_than_capacity_is_refused():
+    with pytest.raises(ValueError, match="start_training.*capacity"):
+        make(start_training=5000, capacity=1000)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("update_model_interval", 0), ("update_buffer_interval", -1), ("steps", 0), ("rounds", 1.5),
+    ("epochs", True), ("max_training_steps_per_env_step", 0), ("max_training_steps_per_env_step", float("nan")),
+    ("sleep_between_buffer_retrieval_attempts", -1), ("start_training", -5),
+])
+def test_bad_numbers_are_refused_with_the_name(name, value):
+    with pytest.raises(ValueError, match=name):
+        make(**{name: value})
+
+
+def test_agent_scheduler_called_once_per_epoch_before_updates():
+    calls = []
+    t = make(rounds=2, steps=3, agent_scheduler=lambda agent, epoch: calls.append((epoch, agent.calls)))
+    iface = ScriptedInterface(t, per_pull=100)
+    for _ in range(3):
+        t.run_epoch(iface)
+    assert calls == [(0, 0), (1, 6), (2, 12)]
+    assert t.epoch == 3
+
+
+def test_stats_rows():
+    t = make(rounds=3, steps=4, update_buffer_interval=2)
+    rows = t.run_epoch(ScriptedInterface(t, per_pull=10, episodes_per_pull=2))
+    assert len(rows) == 3 and all(isinstance(r, pd.Series) for r in rows)
+    for key in STATS_KEYS:
+        assert key in rows[0].index, key
+    assert rows[0]["loss"] == pytest.approx((1 + 2 + 3 + 4) / 4)  # mean over the round
+    assert rows[0]["other"] == 2.0
+    # episodes are aggregated over the round: 3 pulls in round 0 (gate + 2), 2 episodes each
+    assert rows[0]["episodes_train"] + rows[0]["episodes_test"] == 6
+    assert rows[0]["return_train"] == pytest.approx(np.mean([1, 3, 5]))
+    assert rows[0]["return_test"] == pytest.approx(np.mean([2, 4, 6]))
+    assert rows[2]["total_updates"] == 12 and rows[2]["memory_len"] == len(t.memory)
+
+
+def test_idle_time_counts_waits_inside_the_round():
+    class SlowInterface(ScriptedInterface):
+        def wait_for_data(self, timeout):
+            import time
+            time.sleep(0.01)
+            return True
+
+    t = make(steps=20, update_buffer_interval=1, max_training_steps_per_env_step=1.0, batch_size=1)
+    iface = SlowInterface(t, per_pull=1)
+    iface_pulls_before = 0
+    row = t.run_epoch(iface)[0]
+    # each update needs one more sample, so the round waits repeatedly, not only at its start
+    waits = sum(1 for kind, _ in iface.events if kind == "pull") - iface_pulls_before
+    assert waits > 20
+    assert row["idle_time"] > 0.0 and row["idle_time"] <= row["round_time"]
+
+
+def test_wait_uses_interface_wait_when_available():
+    calls = []
+
+    class Waiting(ScriptedInterface):
+        def wait_for_data(self, timeout):
+            calls.append(timeout)
+            return True
+
+    t = make(steps=1, start_training=20, batch_size=1, sleep_between_buffer_retrieval_attempts=0.25)
+    t.run_epoch(Waiting(t, per_pull=5))
+    assert calls and all(c == 0.25 for c in calls)
+
+
+def test_report_progress_called_with_counters():
+    reports = []
+
+    class Reporting(ScriptedInterface):
+        def report_progress(self, **kw):
+            reports.append(kw)
+
+    t = make(steps=4, update_buffer_interval=2)
+    t.run_epoch(Reporting(t, per_pull=50))
+    assert reports[-1]["total_updates"] == 2 and reports[-1]["total_samples"] == t.total_samples
+    assert set(reports[0]) == {"total_updates", "total_samples", "memory_len"}
+
+
+def test_device_selection(monkeypatch):
+    assert make(cls=TrainingOffline, device=None).device == "cpu"
+    assert make(cls=TorchTrainingOffline, device="cpu").device == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert make(cls=TorchTrainingOffline, device=None).device in ("cpu", "mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    t = TorchTrainingOffline.__new__(TorchTrainingOffline)
+    assert t._select_device(None) == "cuda"
+    assert t._select_device("cuda:1") == "cuda:1"  # explicit device honoured, never overridden
+    with pytest.raises(RuntimeError):
+        t._select_device("not-a-device")
+
+
+def test_profiling_logs_a_report(caplog):
+    import logging
+    t = make(steps=3, profiling=True)
+    with caplog.at_level(logging.INFO, logger="relayrl"):
+        t.run_epoch(ScriptedInterface(t, per_pull=50))
+    assert any("profile of epoch 0" in r.getMessage() for r in caplog.records)
+
+
+def test_state_dict_round_trip():
+    t = make(steps=5)
+    t.run_epoch(ScriptedInterface(t, per_pull=50))
+    state = t.state_dict()
+    u = make(steps=5)
+    u.load_state_dict(state)
+    assert (u.epoch, u.total_updates, u.total_samples) == (1, 5, t.total_samples)
+    assert len(u.memory) == len(t.memory) and u.agent.calls == 5
+    a, b = t.memory.sample(), u.memory.sample()
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
