@@ -68,7 +68,7 @@ def test_seeded_sampling_is_reproducible():
 
 
 def test_sampling_is_uniform_over_contents():
-    m = ReplayMemory(nb_steps=1, batch_size=1000, capacity=100, seed=0)
+    m = ReplayMemory(nb_steps=1, batch_size=1000, capacity=1000, seed=0)
     m.append(make_buffer(10))
     counts = np.bincount(m.sample().rew.numpy().astype(int), minlength=10)
     assert counts.min() > 60  # expected 100 each
