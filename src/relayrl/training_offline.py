@@ -167,8 +167,11 @@ class TrainingOffline:
         return "cpu" if device is None else device
 
     # --- the loop --------------------------------------------------------------------------------
-    def run_epoch(self, interface) -> list[pd.Series]:
-        """Run one epoch against ``interface``; return one statistics row per round."""
+    def run_epoch(self, interface, on_round: Callable[[pd.Series], None] | None = None) -> list[pd.Series]:
+        """Run one epoch against ``interface``; return one statistics row per round.
+
+        ``on_round(row)``, if given, is called as soon as each round's row is ready (the
+        :class:`~relayrl.trainer.Trainer` logs rows and moves its progress bar with it)."""
         if self.agent_scheduler is not None:
             self.agent_scheduler(self.agent, self.epoch)
         profiler = None
@@ -177,7 +180,11 @@ class TrainingOffline:
             profiler = Profiler()
             profiler.start()
         try:
-            rows = [self.run_round(interface, round_index) for round_index in range(self.rounds)]
+            rows = []
+            for round_index in range(self.rounds):
+                rows.append(self.run_round(interface, round_index))
+                if on_round is not None:
+                    on_round(rows[-1])
         finally:
             if profiler is not None:
                 profiler.stop()

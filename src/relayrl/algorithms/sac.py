@@ -1,0 +1,466 @@
+"""Soft Actor-Critic (Haarnoja et al., 2018) as a :class:`~relayrl.training.TrainingAgent`.
+
+Learning follows the usual SAC recipe (the one Stable-Baselines3 and CleanRL implement): twin Q
+critics with polyak-averaged targets, a tanh-squashed Gaussian policy, and an entropy coefficient
+``alpha`` tuned towards a target entropy. One ``train(batch)`` call does, in this order:
+
+1. ``alpha`` for this step is read (its value before this step's update, as in SB3);
+2. critic target, without gradients: ``y = r + gamma * (1 - terminated) * (min_i Q'_i(s', a') - alpha * log pi(a'|s'))``
+   with ``a' ~ pi(.|s')``; truncation (a time limit) bootstraps, only termination does not;
+3. critic step on ``0.5 * sum_i mse(Q_i(s, a), y)``;
+4. actor step on ``mean(alpha * log pi(a~|s) - min_i Q_i(s, a~))`` against the critics just updated,
+   and entropy-coefficient step on ``-mean(log_alpha * (log pi(a~|s) + target_entropy))``; both
+   reuse the same policy sample ``a~``;
+5. every ``target_update_interval`` updates: ``target = polyak * target + (1 - polyak) * online``.
+
+Speed (the trainer spends its life here): both critics are one batched ensemble (weights shaped
+``(2, in, out)``, evaluated with ``torch.baddbmm``); the actor loss goes through the critics with
+*detached* weights, so no gradient is computed for critic parameters that would be thrown away;
+the actor and entropy losses share one backward; Adam is fused where available; the polyak update is
+one ``torch._foreach_lerp_``; the metrics are gathered into one tensor and read with a single
+``tolist()``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..actor import ActorModule
+from ..training import TrainingAgent
+
+__all__ = ["SACConfig", "MLPActor", "EnsembleCritic", "SACAgent"]
+
+LOG_STD_MIN = -20.0
+LOG_STD_MAX = 2.0
+_LOG_2 = math.log(2.0)
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+METRIC_KEYS = ("loss_critic", "loss_actor", "loss_entropy_coef", "entropy_coef", "q_mean",
+               "q_target_mean", "log_prob_mean")
+"""Keys of the dict ``SACAgent.train`` returns (all python floats):
+
+- ``loss_critic``: ``0.5 * (mse(Q1, y) + mse(Q2, y))``, before the critic step;
+- ``loss_actor``: ``mean(alpha * log_prob - min(Q1, Q2))`` on the policy's fresh actions;
+- ``loss_entropy_coef``: the entropy-coefficient loss (0 when alpha is fixed);
+- ``entropy_coef``: the alpha used in this step's losses;
+- ``q_mean``: mean of both critics' Q(s, a) on the batch's actions;
+- ``q_target_mean``: mean of the bootstrapped target ``y``;
+- ``log_prob_mean``: mean log-probability of the policy's fresh actions (minus the entropy estimate).
+"""
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class SACConfig:
+    """Hyperparameters of :class:`SACAgent`. Defaults are Stable-Baselines3's SAC defaults."""
+
+    gamma: float = 0.99
+    """Discount factor, in [0, 1]."""
+
+    polyak: float = 0.995
+    """Target-network averaging: ``target = polyak * target + (1 - polyak) * online`` (SB3's
+    ``tau = 1 - polyak = 0.005``). In [0, 1]; 0 copies the online critics each time."""
+
+    lr_actor: float = 3e-4
+    """Adam learning rate of the policy."""
+
+    lr_critic: float = 3e-4
+    """Adam learning rate of the twin critics."""
+
+    lr_entropy: float = 3e-4
+    """Adam learning rate of ``log_alpha`` (used only when ``learn_entropy_coef``)."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam ``(beta1, beta2)`` for all three optimisers (really applied, unlike tmrl)."""
+
+    weight_decay: float = 0.0
+    """Adam L2 weight decay of the actor and critic optimisers (never applied to ``log_alpha``,
+    where it would pull alpha towards 1)."""
+
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of the actor and of each critic (ReLU MLPs)."""
+
+    learn_entropy_coef: bool = True
+    """Tune alpha towards ``target_entropy`` (SB3's ``ent_coef="auto"``). If false, alpha stays
+    ``alpha``."""
+
+    alpha: float = 0.2
+    """The fixed entropy coefficient, used when ``learn_entropy_coef`` is false."""
+
+    initial_alpha: float = 1.0
+    """Starting entropy coefficient when ``learn_entropy_coef`` is true. 1.0 is SB3's ``"auto"``
+    start; ``alpha`` is not used then."""
+
+    target_entropy: float | None = None
+    """Entropy the tuned alpha aims for; ``None`` means ``-dim(action space)``."""
+
+    target_update_interval: int = 1
+    """Polyak-update the target critics every this many updates."""
+
+    def __post_init__(self) -> None:
+        def bad(name: str, value: Any, fix: str) -> ValueError:
+            return ValueError(f"SACConfig.{name}={value!r} is invalid: {fix}")
+
+        for name in ("gamma", "polyak"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0.0 <= value <= 1.0:
+                raise bad(name, value, "use a number in [0, 1]")
+        for name in ("lr_actor", "lr_critic", "lr_entropy", "alpha", "initial_alpha"):
+            value = getattr(self, name)
+            if not _is_real(value) or not value > 0.0 or not math.isfinite(value):
+                raise bad(name, value, "use a finite number > 0")
+        try:
+            betas = tuple(float(b) for b in self.betas)
+        except TypeError:
+            betas = ()
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise bad("betas", self.betas, "use two numbers in [0, 1), e.g. (0.9, 0.999)")
+        self.betas = betas  # type: ignore[assignment]
+        if not _is_real(self.weight_decay) or not 0.0 <= self.weight_decay < math.inf:
+            raise bad("weight_decay", self.weight_decay, "use a finite number >= 0")
+        if isinstance(self.hidden_sizes, int):
+            self.hidden_sizes = (self.hidden_sizes,)
+        try:
+            sizes = tuple(self.hidden_sizes)
+        except TypeError:
+            sizes = ()
+        if not sizes or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
+                                for s in sizes):
+            raise bad("hidden_sizes", self.hidden_sizes,
+                      "use a non-empty sequence of positive integers, e.g. (256, 256)")
+        self.hidden_sizes = tuple(int(s) for s in sizes)
+        if not isinstance(self.learn_entropy_coef, (bool, np.bool_)):
+            raise bad("learn_entropy_coef", self.learn_entropy_coef, "use True or False")
+        self.learn_entropy_coef = bool(self.learn_entropy_coef)
+        if self.target_entropy is not None and (not _is_real(self.target_entropy)
+                                                or not math.isfinite(self.target_entropy)):
+            raise bad("target_entropy", self.target_entropy,
+                      "use a finite number, or None for -dim(action space)")
+        if (not isinstance(self.target_update_interval, (int, np.integer))
+                or isinstance(self.target_update_interval, bool) or self.target_update_interval < 1):
+            raise bad("target_update_interval", self.target_update_interval, "use an integer >= 1")
+        self.target_update_interval = int(self.target_update_interval)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+# ------------------------------------------------------------------------------------------------
+# spaces
+# ------------------------------------------------------------------------------------------------
+def _check_spaces(observation_space, action_space) -> tuple[int, int]:
+    """Return ``(obs_dim, act_dim)``; refuse what SAC (as written here) cannot handle."""
+    from gymnasium import spaces
+
+    if not isinstance(action_space, spaces.Box):
+        raise TypeError(f"SAC needs a continuous gymnasium.spaces.Box action space, got "
+                        f"{action_space!r}; discretise nothing, use a Box (or another algorithm)")
+    if len(action_space.shape) != 1:
+        raise ValueError(f"SAC needs a 1-D Box action space, got shape {action_space.shape}; "
+                         f"flatten the actions with a wrapper")
+    low, high = np.asarray(action_space.low, np.float64), np.asarray(action_space.high, np.float64)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
+        raise ValueError(f"SAC squashes actions into the Box bounds, which must be finite with "
+                         f"high > low; got low={action_space.low}, high={action_space.high}. "
+                         f"Wrap the environment with bounded actions (e.g. RescaleAction)")
+    if not isinstance(observation_space, spaces.Box):
+        raise TypeError(f"SAC needs vector observations (a 1-D gymnasium.spaces.Box), got "
+                        f"{observation_space!r}; flatten them, e.g. with gymnasium's "
+                        f"FlattenObservation wrapper")
+    if len(observation_space.shape) != 1:
+        raise ValueError(f"SAC needs vector observations (a 1-D Box), got an observation space of "
+                         f"shape {observation_space.shape}; flatten them, e.g. with gymnasium's "
+                         f"FlattenObservation wrapper")
+    return int(observation_space.shape[0]), int(action_space.shape[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# the policy
+# ------------------------------------------------------------------------------------------------
+class MLPActor(ActorModule):
+    """Tanh-squashed Gaussian policy: ``a = tanh(mu + std * eps)``, rescaled to the Box bounds.
+
+    ``forward`` works in the squashed space [-1, 1] (what the learner needs); ``act`` returns
+    environment actions. ``weights()`` holds only the network parameters: the rescaling is derived
+    from the action space.
+    """
+
+    def __init__(self, observation_space, action_space, hidden_sizes: Sequence[int] = (256, 256)):
+        super().__init__(observation_space, action_space)
+        obs_dim, act_dim = _check_spaces(observation_space, action_space)
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        layers: list[nn.Module] = []
+        width = obs_dim
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, int(size)), nn.ReLU()]
+            width = int(size)
+        self.trunk = nn.Sequential(*layers)
+        # One head for mean and log-std: same init and maths as two heads, one matmul fewer.
+        self.head = nn.Linear(width, 2 * act_dim)
+        low = torch.as_tensor(action_space.low, dtype=torch.float32)
+        high = torch.as_tensor(action_space.high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2.0, persistent=False)
+        self.register_buffer("action_bias", (high + low) / 2.0, persistent=False)
+        self._low = np.asarray(action_space.low, np.float32)
+        self._high = np.asarray(action_space.high, np.float32)
+
+    def _dist(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.head(self.trunk(obs)).chunk(2, dim=-1)
+        return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def forward(self, obs: torch.Tensor, test: bool = False,
+                with_logprob: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(action in [-1, 1], log-probability of that action or None)`` for a batch ``(B, obs_dim)``.
+
+        ``test=True`` is deterministic (``tanh(mu)``). The log-probability includes the tanh
+        change of variables, in its numerically stable form
+        ``log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u))``.
+        """
+        mu, log_std = self._dist(obs)
+        if test:
+            u = mu
+            noise = None
+        else:
+            noise = torch.randn_like(mu)
+            u = torch.addcmul(mu, log_std.exp(), noise)
+        action = torch.tanh(u)
+        if not with_logprob:
+            return action, None
+        # log N(u; mu, std) = -noise^2/2 - log_std - log(2 pi)/2, with noise = (u - mu) / std
+        per_dim = -log_std if noise is None else -0.5 * noise.square() - log_std
+        per_dim = per_dim - 2.0 * (_LOG_2 - u - F.softplus(-2.0 * u))
+        logprob = per_dim.sum(dim=-1) - _HALF_LOG_2PI * self.act_dim
+        return action, logprob
+
+    def scale_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Squashed [-1, 1] actions -> environment units."""
+        return torch.addcmul(self.action_bias, action, self.action_scale)
+
+    def act(self, obs, test: bool = False) -> np.ndarray:
+        """One environment action (float32, within the Box bounds) for one observation."""
+        x = torch.from_numpy(np.asarray(obs, dtype=np.float32).reshape(1, -1))
+        with torch.no_grad():
+            device = self.action_scale.device
+            if device.type != "cpu":
+                x = x.to(device)
+            mu, log_std = self._dist(x)
+            u = mu if test else torch.addcmul(mu, log_std.exp(), torch.randn_like(mu))
+            action = torch.addcmul(self.action_bias, torch.tanh(u), self.action_scale)
+            out = action.reshape(-1).cpu().numpy()
+        # tanh may round to exactly +-1 and the rescale may then overshoot by an ulp.
+        return np.clip(out, self._low, self._high, out=out)
+
+
+# ------------------------------------------------------------------------------------------------
+# the critics
+# ------------------------------------------------------------------------------------------------
+class EnsembleCritic(nn.Module):
+    """``n`` independent Q-network MLPs evaluated in one pass with batched matmuls.
+
+    Layer ``i`` has weight ``(n, in, out)`` and bias ``(n, 1, out)``, initialised like
+    ``nn.Linear`` (uniform in ``+-1/sqrt(in)``), so each member is an ordinary MLP.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int] = (256, 256),
+                 n: int = 2):
+        super().__init__()
+        self.n = n
+        sizes = [obs_dim + act_dim, *map(int, hidden_sizes), 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(n, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n, 1, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        """Q-values ``(n, B)`` of ``(obs, action)`` (both ``(B, ·)``).
+
+        ``detach_params=True`` lets gradients flow to the inputs only (for the actor loss).
+        """
+        x = torch.cat((obs, action), dim=-1)
+        h = x.unsqueeze(0).expand(self.n, *x.shape)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if detach_params:
+                w, b = w.detach(), b.detach()
+            h = torch.baddbmm(b, h, w)
+            if i < last:
+                h = torch.relu(h)
+        return h.squeeze(-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# the agent
+# ------------------------------------------------------------------------------------------------
+def _adam(params: Iterable[torch.Tensor], lr: float, betas: tuple[float, float],
+          weight_decay: float, device: torch.device) -> torch.optim.Adam:
+    """Fused Adam when this torch supports it on ``device``, else the multi-tensor one."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True)
+
+
+class SACAgent(TrainingAgent):
+    """Soft Actor-Critic. See the module docstring for the update and :data:`METRIC_KEYS`.
+
+    Built as ``SACAgent(observation_space, action_space, device="cpu", config=None, **overrides)``:
+    ``overrides`` replace fields of ``config`` (or of the defaults), so both
+    ``functools.partial(SACAgent, config=SACConfig(...))`` and ``SACAgent(..., lr_actor=1e-3)`` work.
+
+    ``train(batch)`` takes ``(obs, act, rew, next_obs, terminated, truncated)``: float32 tensors on
+    the agent's device, actions in environment units, ``rew``/``terminated``/``truncated`` of shape
+    ``(B,)``.
+    """
+
+    def __init__(self, observation_space, action_space, device: str | torch.device = "cpu",
+                 config: SACConfig | None = None, **config_overrides: Any):
+        super().__init__(observation_space, action_space, device)
+        obs_dim, act_dim = _check_spaces(observation_space, action_space)
+        if config is None:
+            config = SACConfig(**config_overrides)
+        elif config_overrides:
+            known = {f.name for f in fields(SACConfig)}
+            unknown = sorted(set(config_overrides) - known)
+            if unknown:
+                raise TypeError(f"unknown SACConfig field(s) {unknown}; known: {sorted(known)}")
+            config = SACConfig(**{**asdict(config), **config_overrides})
+        elif not isinstance(config, SACConfig):
+            raise TypeError(f"config must be a SACConfig, got {type(config).__name__}")
+        self.config = config
+        dev = self.device
+
+        self.actor = MLPActor(observation_space, action_space, config.hidden_sizes).to(dev)
+        self.critic = EnsembleCritic(obs_dim, act_dim, config.hidden_sizes).to(dev)
+        self.critic_target = EnsembleCritic(obs_dim, act_dim, config.hidden_sizes).to(dev)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self._online_params = list(self.critic.parameters())
+        self._target_params = list(self.critic_target.parameters())
+
+        self.target_entropy = float(-act_dim if config.target_entropy is None else config.target_entropy)
+        start_alpha = config.initial_alpha if config.learn_entropy_coef else config.alpha
+        self.log_alpha = torch.tensor(math.log(start_alpha), dtype=torch.float32, device=dev,
+                                      requires_grad=config.learn_entropy_coef)
+
+        betas = tuple(config.betas)
+        self.actor_optimizer = _adam(self.actor.parameters(), config.lr_actor, betas,
+                                     config.weight_decay, dev)
+        self.critic_optimizer = _adam(self.critic.parameters(), config.lr_critic, betas,
+                                      config.weight_decay, dev)
+        self.entropy_optimizer = (_adam([self.log_alpha], config.lr_entropy, betas, 0.0, dev)
+                                  if config.learn_entropy_coef else None)
+
+        self.updates = 0
+        self._zero = torch.zeros((), device=dev)
+        self._gamma = float(config.gamma)
+        self._polyak_weight = 1.0 - float(config.polyak)
+        # env units -> [-1, 1]: a_n = a * inv_scale + shift
+        self._act_inv_scale = (1.0 / self.actor.action_scale).clone()
+        self._act_shift = (-self.actor.action_bias * self._act_inv_scale).clone()
+
+    # --- the update ------------------------------------------------------------------------------
+    def unscale_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Environment-unit actions -> the squashed [-1, 1] space the networks work in."""
+        return torch.addcmul(self._act_shift, action, self._act_inv_scale)
+
+    @property
+    def entropy_coef(self) -> float:
+        return float(self.log_alpha.detach().exp())
+
+    def compute_target(self, rew: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
+                       alpha: torch.Tensor | float | None = None) -> torch.Tensor:
+        """The critics' regression target ``y`` (shape ``(B,)``), without gradients.
+
+        Only ``terminated`` stops bootstrapping; a truncated transition bootstraps like any other.
+        """
+        if alpha is None:
+            alpha = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            next_action, next_logprob = self.actor(next_obs)
+            q_next = self.critic_target(next_obs, next_action).amin(dim=0)
+            soft_value = q_next - alpha * next_logprob
+            return torch.addcmul(rew, (1.0 - terminated) * self._gamma, soft_value)
+
+    def train(self, batch) -> dict[str, float]:
+        obs, act, rew, next_obs, terminated, _truncated = batch
+        cfg = self.config
+        alpha = self.log_alpha.detach().exp()  # this step's alpha: the value before its update
+
+        # critics
+        target = self.compute_target(rew, next_obs, terminated, alpha)
+        q = self.critic(obs, self.unscale_action(act))
+        loss_critic = (q - target).square().mean()  # = 0.5 * (mse(Q1, y) + mse(Q2, y))
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss_critic.backward()
+        self.critic_optimizer.step()
+
+        # actor (+ entropy coefficient) against the updated critics
+        action_pi, logprob = self.actor(obs)
+        q_pi = self.critic(obs, action_pi, detach_params=True).amin(dim=0)
+        loss_actor = (alpha * logprob - q_pi).mean()
+        logprob_mean = logprob.detach().mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        if self.entropy_optimizer is not None:
+            loss_entropy = -self.log_alpha * (logprob_mean + self.target_entropy)
+            self.entropy_optimizer.zero_grad(set_to_none=True)
+            (loss_actor + loss_entropy).backward()  # disjoint parameters: same grads as two backwards
+            self.actor_optimizer.step()
+            self.entropy_optimizer.step()
+        else:
+            loss_entropy = self._zero
+            loss_actor.backward()
+            self.actor_optimizer.step()
+
+        self.updates += 1
+        if self.updates % cfg.target_update_interval == 0:
+            self.polyak_update()
+
+        values = torch.stack((loss_critic.detach(), loss_actor.detach(), loss_entropy.detach(),
+                              alpha, q.detach().mean(), target.mean(), logprob_mean)).tolist()
+        return dict(zip(METRIC_KEYS, values))
+
+    @torch.no_grad()
+    def polyak_update(self) -> None:
+        """``target = polyak * target + (1 - polyak) * online``, all tensors in one call."""
+        torch._foreach_lerp_(self._target_params, self._online_params, self._polyak_weight)
+
+    # --- contract --------------------------------------------------------------------------------
+    def get_actor(self) -> MLPActor:
+        return self.actor
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "entropy_optimizer": ({} if self.entropy_optimizer is None
+                                  else self.entropy_optimizer.state_dict()),
+            "updates": int(self.updates),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(torch.as_tensor(state["log_alpha"]))
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        if self.entropy_optimizer is not None and state.get("entropy_optimizer"):
+            self.entropy_optimizer.load_state_dict(state["entropy_optimizer"])
+        self.updates = int(state["updates"])

@@ -1,0 +1,239 @@
+"""Typed configuration of a run, with a docstring per field and validation that names the fix.
+
+A run is described by :class:`RunConfig`; its sections map to the TOML file's tables::
+
+    env = "Pendulum-v1"
+    seed = 0
+
+    [training]       # TrainingOffline's knobs
+    epochs = 10
+
+    [memory]
+    batch_size = 256
+
+    [workers]
+    count = 2
+
+    [sac]
+    lr_actor = 3e-4
+
+Precedence: defaults < the ``--config`` file < command-line flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .algorithms.sac import SACConfig
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is wrong; the message says which and how to fix it."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class TrainingConfig:
+    """The ``TrainingOffline`` parameters (see its documentation)."""
+
+    epochs: int = 10
+    """Epochs in the run; a checkpoint is written after each."""
+    rounds: int = 5
+    """Rounds per epoch; one statistics row per round."""
+    steps: int = 200
+    """Training steps (updates) per round."""
+    update_model_interval: int = 20
+    """Updates between two broadcasts of the actor to the workers."""
+    update_buffer_interval: int = 20
+    """Updates between two pulls of new samples into the memory."""
+    max_training_steps_per_env_step: float = 1.0
+    """Update-to-data cap: training waits while total_updates / total_samples exceeds it."""
+    sleep_between_buffer_retrieval_attempts: float = 0.1
+    """Seconds, upper bound of one wait for samples (the wait ends early when samples arrive)."""
+    profiling: bool = False
+    """Profile each epoch with pyinstrument and log the report."""
+    start_training: int = 256
+    """No update before the memory holds this many transitions (and never before one batch)."""
+    device: str | None = None
+    """Torch device of the agent and the batches; None picks CUDA, else MPS, else CPU."""
+    torch_threads: int = 0
+    """Threads for the trainer's torch operations; 0 means one per available core."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "rounds", "steps", "update_model_interval", "update_buffer_interval"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                   f"training.{name} must be a positive integer, got {value!r}")
+        _check(isinstance(self.max_training_steps_per_env_step, (int, float))
+               and self.max_training_steps_per_env_step > 0,
+               "training.max_training_steps_per_env_step must be > 0 (updates per received sample), "
+               f"got {self.max_training_steps_per_env_step!r}")
+        _check(isinstance(self.sleep_between_buffer_retrieval_attempts, (int, float))
+               and 0 <= self.sleep_between_buffer_retrieval_attempts < math.inf,
+               "training.sleep_between_buffer_retrieval_attempts must be a number of seconds >= 0, "
+               f"got {self.sleep_between_buffer_retrieval_attempts!r}")
+        _check(isinstance(self.start_training, int) and self.start_training >= 0,
+               f"training.start_training must be an integer >= 0, got {self.start_training!r}")
+        _check(isinstance(self.torch_threads, int) and self.torch_threads >= 0,
+               f"training.torch_threads must be an integer >= 0, got {self.torch_threads!r}")
+
+
+@dataclass
+class MemoryConfig:
+    """The default replay memory."""
+
+    capacity: int = 1_000_000
+    """Transitions kept; the oldest are overwritten first."""
+    batch_size: int = 256
+    """Transitions per training batch."""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1,
+               f"memory.batch_size must be a positive integer, got {self.batch_size!r}")
+        _check(isinstance(self.capacity, int) and self.capacity >= self.batch_size,
+               f"memory.capacity ({self.capacity!r}) must be an integer >= memory.batch_size "
+               f"({self.batch_size})")
+
+
+@dataclass
+class WorkersConfig:
+    """The rollout workers started by ``relayrl train`` (and the defaults of ``relayrl worker``)."""
+
+    count: int = 2
+    """Worker processes started on this machine."""
+    max_samples_per_episode: int | None = None
+    """Cap on steps per episode (a capped episode ends as truncated); None: the env's own limit."""
+    test_episode_interval: int = 5
+    """One deterministic test episode after every this many training episodes (0: never)."""
+    buffer_steps: int = 25
+    """Steps collected before a buffer is sent (episode ends always send)."""
+    env_steps_per_update: float | None = 1.0
+    """Worker-side rate limit: samples the trainer lets workers collect per update, beyond the
+    start_training samples (None: unlimited, for real-time environments that must never wait)."""
+    slack_samples: int = 200
+    """Samples workers may run ahead of the rate limit, so the trainer rarely waits."""
+    pause_mid_episode: bool = True
+    """Whether the rate limit may pause a worker inside an episode (False for robots and games)."""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.count, int) and self.count >= 0,
+               f"workers.count must be an integer >= 0, got {self.count!r}")
+        _check(self.max_samples_per_episode is None or
+               (isinstance(self.max_samples_per_episode, int) and self.max_samples_per_episode >= 1),
+               f"workers.max_samples_per_episode must be a positive integer or omitted, got "
+               f"{self.max_samples_per_episode!r}")
+        _check(isinstance(self.test_episode_interval, int) and self.test_episode_interval >= 0,
+               f"workers.test_episode_interval must be an integer >= 0, got {self.test_episode_interval!r}")
+        _check(isinstance(self.buffer_steps, int) and self.buffer_steps >= 1,
+               f"workers.buffer_steps must be a positive integer, got {self.buffer_steps!r}")
+        _check(self.env_steps_per_update is None or
+               (isinstance(self.env_steps_per_update, (int, float)) and self.env_steps_per_update > 0),
+               f"workers.env_steps_per_update must be > 0 or omitted, got {self.env_steps_per_update!r}")
+        _check(isinstance(self.slack_samples, int) and self.slack_samples >= 0,
+               f"workers.slack_samples must be an integer >= 0, got {self.slack_samples!r}")
+
+
+@dataclass
+class RunConfig:
+    """Everything ``relayrl train`` needs."""
+
+    env: str = "Pendulum-v1"
+    """Gymnasium environment id (continuous Box actions, vector observations for SAC)."""
+    seed: int = 0
+    """Seeds torch, the memory's sampler and the workers (worker i uses seed + 1 + i)."""
+    run_dir: str = "runs/pendulum"
+    """Folder of checkpoints, statistics (CSV, JSONL) and TensorBoard events; rerunning the same
+    command resumes from its latest checkpoint."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept in run_dir (the newest ones)."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.env, str) and self.env != "", f"env must be a gymnasium id, got {self.env!r}")
+        _check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
+        _check(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1,
+               f"keep_checkpoints must be an integer >= 1, got {self.keep_checkpoints!r}")
+        _check(self.training.start_training <= self.memory.capacity,
+               f"training.start_training ({self.training.start_training}) exceeds memory.capacity "
+               f"({self.memory.capacity}): training could never start; lower one or raise the other")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"training": TrainingConfig, "memory": MemoryConfig, "workers": WorkersConfig, "sac": SACConfig}
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(names)}")
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def config_from_dict(data: dict[str, Any], where: str = "configuration") -> RunConfig:
+    """A validated :class:`RunConfig` from nested dicts (TOML tables, JSON from a checkpoint)."""
+    top, sections = {}, {}
+    for key, value in data.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{key}] in {where} must be a table, got {value!r}")
+            sections[key] = _build(SECTIONS[key], value, f"[{key}] of {where}")
+        else:
+            top[key] = value
+    names = {f.name for f in dataclasses.fields(RunConfig)} - set(SECTIONS)
+    unknown = sorted(set(top) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid top-level keys: {sorted(names)}"
+                          f" and tables {sorted(SECTIONS)}")
+    return RunConfig(**top, **sections)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a TOML file into a :class:`RunConfig` with clear errors for unreadable files."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return config_from_dict(data, where=str(path))
+
+
+def with_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
+    """A copy of ``config`` with dotted overrides applied (``{"training.epochs": 3}``); None is skipped."""
+    data = config.to_dict()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config_from_dict(data)

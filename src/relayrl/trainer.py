@@ -1,0 +1,187 @@
+"""The ``Trainer`` owns a run: it builds (or resumes) the ``TorchTrainingOffline``, runs epochs,
+checkpoints after each one, and feeds the loggers and the progress bar.
+
+A run directory holds::
+
+    checkpoints/epoch-000003/   the newest checkpoints (pickle-free, atomic; see relayrl.checkpoint)
+    checkpoints/latest          the name of the newest complete checkpoint
+    config.json                 the configuration the run was started with
+    stats.csv, stats.jsonl      one row per round
+    tensorboard/                TensorBoard events
+    actor.npz                   the latest policy weights (load with ActorModule.load)
+
+Running the same command again resumes from ``checkpoints/latest``: counters, agent, optimisers and
+replay memory continue where they stopped.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .algorithms.sac import MLPActor, SACAgent
+from .checkpoint import CheckpointError, load_latest, save_checkpoint
+from .config import RunConfig
+from .loggers import CsvLogger, JsonlLogger, TensorBoardLogger, format_table
+from .memory import ReplayMemory
+from .training_offline import TorchTrainingOffline
+from .worker import make_env
+
+log = logging.getLogger("relayrl")
+
+CHECKPOINT_FORMAT = "relayrl.trainer/1"
+
+
+def validate_env(config: RunConfig):
+    """Build the env once: a clear error for unknown ids and spaces SAC cannot handle."""
+    from gymnasium import spaces
+    env = make_env(config.env)
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(act_space, spaces.Box):
+        raise ValueError(f"{config.env} has a {type(act_space).__name__} action space; SAC needs "
+                         "continuous (Box) actions: pick an environment with a Box action space")
+    if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
+        raise ValueError(f"{config.env} has observation space {obs_space}; SAC here needs a 1-D Box "
+                         "(vector) observation: flatten it with a gymnasium wrapper")
+    return obs_space, act_space
+
+
+def actor_factory(config: RunConfig):
+    """The callable workers use to build the policy network of this configuration."""
+    return functools.partial(MLPActor, hidden_sizes=tuple(config.sac.hidden_sizes))
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects CPU affinity and container limits)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+class Trainer:
+    """Runs ``config`` in ``config.run_dir`` against an interface (see :mod:`relayrl.interface`)."""
+
+    def __init__(self, config: RunConfig, progress: bool = True, print_tables: bool = True):
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.progress = progress
+        self.print_tables = print_tables
+        self.spaces = validate_env(config)
+        torch.set_num_threads(config.training.torch_threads or available_cores())
+        torch.manual_seed(config.seed)
+        t = config.training
+        self.training = TorchTrainingOffline(
+            env_cls=self.spaces,
+            memory_cls=functools.partial(ReplayMemory, batch_size=config.memory.batch_size,
+                                         capacity=config.memory.capacity, seed=config.seed),
+            training_agent_cls=functools.partial(SACAgent, config=config.sac),
+            epochs=t.epochs, rounds=t.rounds, steps=t.steps,
+            update_model_interval=t.update_model_interval,
+            update_buffer_interval=t.update_buffer_interval,
+            max_training_steps_per_env_step=t.max_training_steps_per_env_step,
+            sleep_between_buffer_retrieval_attempts=t.sleep_between_buffer_retrieval_attempts,
+            profiling=t.profiling, start_training=t.start_training, device=t.device)
+        self.resumed_from: int | None = None
+        self._resume()
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _resume(self) -> None:
+        state = load_latest(self.checkpoint_dir)  # raises CheckpointError with a clear message
+        if state is None:
+            return
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"checkpoint in {self.checkpoint_dir} has format "
+                                  f"{state.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+        saved_env = state.get("config", {}).get("env")
+        if saved_env != self.config.env:
+            raise CheckpointError(f"{self.run_dir} holds a run on {saved_env!r}, not {self.config.env!r}:"
+                                  " use another --run-dir, or the same --env to resume it")
+        try:
+            self.training.load_state_dict(state["training"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"the checkpoint in {self.checkpoint_dir} does not fit this "
+                                  f"configuration ({exc}); use another --run-dir") from exc
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        self.resumed_from = self.training.epoch
+
+    def save(self, partial: bool = False) -> Path:
+        """Checkpoint now (after an epoch, or ``partial`` when interrupted inside one)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
+                 "training": self.training.state_dict(), "torch_rng": torch.get_rng_state()}
+        name = f"epoch-{self.training.epoch:06d}" + ("-partial" if partial else "")
+        path = save_checkpoint(self.checkpoint_dir, name, state, keep=self.config.keep_checkpoints)
+        self.training.agent.get_actor().save(self.run_dir / "actor.npz")
+        return path
+
+    @property
+    def done(self) -> bool:
+        return self.training.epoch >= self.training.epochs
+
+    # --- the run ---------------------------------------------------------------------------------
+    def run(self, interface) -> list[pd.Series]:
+        """Run the remaining epochs; checkpoint after each; save and re-raise on Ctrl+C."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        loggers = [CsvLogger(self.run_dir / "stats.csv"), JsonlLogger(self.run_dir / "stats.jsonl"),
+                   TensorBoardLogger(self.run_dir / "tensorboard")]
+        training = self.training
+        total = training.epochs * training.rounds * training.steps
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=total, initial=min(training.epoch * training.rounds * training.steps, total),
+                       unit="upd", dynamic_ncols=True, file=sys.stderr, desc="training")
+        rows: list[pd.Series] = []
+        interface.broadcast_model(training.agent.get_actor())  # workers start from the current policy
+        try:
+            while not self.done:
+                rows.extend(training.run_epoch(interface, on_round=lambda row: self._log(row, loggers, bar)))
+                path = self.save()
+                log.info("epoch %d done, checkpoint %s", training.epoch, path)
+        except KeyboardInterrupt:
+            path = self.save(partial=True)
+            self._write(bar, f"interrupted: saved {path}; run the same command to resume")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            for logger in loggers:
+                logger.close()
+        return rows
+
+    def _log(self, row: pd.Series, loggers, bar) -> None:
+        for logger in loggers:
+            logger.log(row)
+        if self.print_tables:
+            self._write(bar, format_table(row))
+        if bar is not None:
+            bar.update(self.training.steps)
+            ret = row.get("return_test")
+            if ret is None or (isinstance(ret, float) and math.isnan(ret)):
+                ret = row.get("return_train")
+            bar.set_postfix(epoch=int(row["epoch"]), round=int(row["round"]),
+                            env_steps=int(row["total_samples"]),
+                            ret="-" if ret is None or math.isnan(ret) else f"{ret:.1f}", refresh=False)
+
+    @staticmethod
+    def _write(bar, text: str) -> None:
+        if bar is not None:
+            bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
