@@ -47,6 +47,7 @@ import shutil
 import stat
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -156,18 +157,36 @@ def _sha256_file(path: Path, fsync: bool = False) -> tuple[int, str]:
 
 
 class _HashingWriter:
-    """File-like object that hashes and counts the bytes on their way to a real file."""
+    """File-like object that hashes and counts the bytes on their way to a real file.
 
-    def __init__(self, f) -> None:
+    Large immutable chunks (``np.save`` hands over fresh ``bytes``) are hashed on ``pool``'s
+    thread while the main thread writes them and prepares the next one; hashlib and file writes
+    release the GIL, so hashing costs little extra wall time.
+    """
+
+    _ASYNC_MIN = 1 << 20
+
+    def __init__(self, f, pool: ThreadPoolExecutor | None = None) -> None:
         self._f = f
         self._h = hashlib.sha256()
+        self._pool = pool
+        self._pending: Future | None = None
         self.size = 0
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def write(self, data) -> int:
         view = memoryview(data)
         if view.ndim != 1 or view.format != "B":
             view = view.cast("B")
-        self._h.update(view)
+        self._wait()  # keeps the hash in order and at most one chunk in flight
+        if self._pool is not None and isinstance(data, bytes) and view.nbytes >= self._ASYNC_MIN:
+            self._pending = self._pool.submit(self._h.update, view)
+        else:
+            self._h.update(view)
         self._f.write(view)
         self.size += view.nbytes
         return view.nbytes
@@ -176,6 +195,7 @@ class _HashingWriter:
         self._f.flush()
 
     def hexdigest(self) -> str:
+        self._wait()
         return self._h.hexdigest()
 
 
@@ -203,7 +223,7 @@ class _Encoder:
 
     def encode(self, x: Any, where: str) -> Any:
         if x is None or isinstance(x, (bool, str)):
-            return str(x) if isinstance(x, str) and type(x) is not str else x
+            return x
         if isinstance(x, torch.Tensor):
             return self._tensor(x, where)
         if isinstance(x, np.ndarray):
@@ -242,8 +262,9 @@ class _Encoder:
         return items if isinstance(x, list) else {_TAG: "tuple", "items": items}
 
     def _key(self, k: Any, where: str) -> Any:
-        if k is None or isinstance(k, (bool, str, int, float)) and not isinstance(k, np.generic):
-            return self.encode(k, where)
+        if k is None or isinstance(k, (bool, str, int, float, np.bool_, np.integer, np.floating)):
+            if not (isinstance(k, np.floating) and k.dtype.itemsize > 8):
+                return self.encode(k, where)
         if isinstance(k, tuple):
             return {_TAG: "tuple", "items": [self._key(e, where) for e in k]}
         raise UnsupportedValueError(
@@ -430,9 +451,11 @@ class _Decoder:
 
 
 def _corrupt(ckpt: Path, problem: str) -> CheckpointError:
-    return CheckpointError(
+    err = CheckpointError(
         f"corrupt or unreadable checkpoint {ckpt}: {problem}. Delete it or resume from an older one: {ckpt}"
     )
+    err.problem = problem  # type: ignore[attr-defined]
+    return err
 
 
 def _reject_constant(name: str) -> Any:
@@ -648,13 +671,17 @@ def save_checkpoint(directory: str | os.PathLike, name: str, state: dict, keep: 
         files: dict[str, dict[str, Any]] = {}
         if enc.arrays:
             (tmp / "arrays").mkdir()
-        for rel, arr in enc.arrays:
-            with open(tmp / rel, "wb") as f:
-                w = _HashingWriter(f)
-                np.save(w, arr, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            files[rel] = {"bytes": w.size, "sha256": w.hexdigest()}
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="relayrl-ckpt-sha") as pool:
+            for rel, arr in enc.arrays:
+                with open(tmp / rel, "wb") as f:
+                    w = _HashingWriter(f, pool)
+                    try:
+                        np.save(w, arr, allow_pickle=False)
+                    finally:
+                        digest = w.hexdigest()
+                    f.flush()
+                    os.fsync(f.fileno())
+                files[rel] = {"bytes": w.size, "sha256": digest}
         if enc.tensors:
             torch.save(enc.tensors, tmp / _TENSORS)
             size, digest = _sha256_file(tmp / _TENSORS, fsync=True)
@@ -741,8 +768,12 @@ def load_checkpoint(path: str | os.PathLike, *, mmap_mode: str | None = None) ->
     tensors = _load_tensors(ckpt, files)
     try:
         state = _Decoder(ckpt, files, tensors, mmap_mode).decode(manifest["state"], "state")
+    except CheckpointError:
+        raise
     except RecursionError as e:
         raise _corrupt(ckpt, "the state tree is nested too deeply") from e
+    except (TypeError, ValueError, OverflowError, KeyError) as e:
+        raise _corrupt(ckpt, f"malformed state tree in {ckpt / _MANIFEST} ({type(e).__name__}: {e})") from e
     return state
 
 
@@ -802,8 +833,9 @@ def load_latest(directory: str | os.PathLike, *, mmap_mode: str | None = None) -
         return load_checkpoint(path, mmap_mode=mmap_mode)
     except CheckpointError as e:
         directory = Path(directory)
+        problem = getattr(e, "problem", None) or str(e)
         raise CheckpointError(
-            f"the latest checkpoint {path} is corrupt: {e}\nRemove {path}, or write the name of an "
-            f"older checkpoint into {directory / _LATEST}; other checkpoints here: "
-            f"{_others(directory, path.name)}"
+            f"the latest checkpoint {path} is corrupt: {problem}. Remove it, or write the name of an "
+            f"older checkpoint into {directory / _LATEST} to resume from that one; other checkpoints "
+            f"here: {_others(directory, path.name)}"
         ) from e

@@ -1,0 +1,87 @@
+import subprocess
+import sys
+
+import pytest
+
+from relayrl.cli import main, make_parser, build_config
+from relayrl.config import ConfigError, RunConfig, load_config, with_overrides
+
+
+def test_defaults_are_valid():
+    c = RunConfig()
+    assert c.env == "Pendulum-v1" and c.workers.count >= 1
+    t = c.training
+    assert t.epochs * t.rounds * t.steps <= 10_000  # the embedded default's budget
+
+
+def test_toml_file_and_flags_precedence(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('env = "MountainCarContinuous-v0"\nseed = 3\n[training]\nepochs = 4\nsteps = 50\n'
+                 '[memory]\nbatch_size = 64\n[sac]\nlr_actor = 1e-3\nhidden_sizes = [64, 64]\n')
+    c = load_config(f)
+    assert (c.env, c.seed, c.training.epochs, c.training.steps, c.memory.batch_size) == \
+        ("MountainCarContinuous-v0", 3, 4, 50, 64)
+    assert c.sac.lr_actor == 1e-3 and tuple(c.sac.hidden_sizes) == (64, 64)
+    args = make_parser().parse_args(["train", "--config", str(f), "--epochs", "2", "--workers", "3"])
+    c = build_config(args)
+    assert c.training.epochs == 2 and c.workers.count == 3 and c.training.steps == 50
+
+
+@pytest.mark.parametrize("text,match", [
+    ("[training]\nepochs = 0\n", "training.epochs must be a positive integer, got 0"),
+    ("[training]\nupdate_model_interval = -3\n", "update_model_interval"),
+    ("[training]\nbogus = 1\n", r"unknown key\(s\) \['bogus'\]"),
+    ("nonsense = 1\n", "unknown key"),
+    ("[training]\nstart_training = 5000\n[memory]\ncapacity = 1000\n", "exceeds memory.capacity"),
+    ("[sac]\ngamma = 2.0\n", "gamma"),
+    ("this is not toml", "not valid TOML"),
+])
+def test_bad_config_files(tmp_path, text, match):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(f)
+
+
+def test_unreadable_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_cli_reports_errors_without_traceback(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "missing.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "relayrl: error: cannot read config file" in err and "Traceback" not in err
+
+
+def test_cli_unknown_env_and_discrete_actions(tmp_path, capsys):
+    assert main(["train", "--env", "NoSuchEnv-v9", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "unknown environment id 'NoSuchEnv-v9'" in capsys.readouterr().err
+    assert main(["train", "--env", "CartPole-v1", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "SAC needs continuous (Box) actions" in capsys.readouterr().err
+
+
+def test_cli_negative_flag_value(tmp_path, capsys):
+    assert main(["train", "--steps", "-5", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "training.steps must be a positive integer, got -5" in capsys.readouterr().err
+
+
+def test_train_help_documents_flags():
+    out = subprocess.run([sys.executable, "-m", "relayrl.cli", "train", "--help"],
+                         capture_output=True, text=True, timeout=60).stdout
+    for flag in ("--config", "--env", "--workers", "--epochs", "--rounds", "--steps", "--run-dir", "--seed"):
+        assert flag in out
+
+
+def test_overrides_skip_none():
+    c = with_overrides(RunConfig(), **{"training.epochs": None, "seed": 5})
+    assert c.seed == 5 and c.training.epochs == RunConfig().training.epochs
+
+
+def test_import_has_no_side_effects(tmp_path):
+    code = "import relayrl, relayrl.training_offline, relayrl.trainer, relayrl.cli; print('ok')"
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing created in HOME or the working directory
