@@ -61,13 +61,15 @@ Delivery guarantee (plainly)
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import zmq
@@ -76,6 +78,7 @@ from ..buffer import TRANSITION_FIELDS, Buffer
 from .codec import (DEFAULT_MAX_BUFFER_BYTES, DEFAULT_MAX_CONTROL_BYTES, DEFAULT_MAX_WEIGHTS_BYTES,
                     MAX_WORKER_ID_LEN, CodecError, decode_control, decode_message, decode_weights,
                     encode_buffer, encode_control, encode_hello, encode_weights)
+from .keys import HOW_TO_MAKE_KEYS, is_loopback, load_key_pair, load_public_key
 
 if TYPE_CHECKING:
     from ..actor import ActorModule
@@ -96,6 +99,151 @@ def _prepare(socket: zmq.Socket, endpoint: str) -> None:
     socket.setsockopt(zmq.LINGER, 0)
     if endpoint.startswith("tcp://["):  # an IPv6 address such as tcp://[::1]:5555
         socket.setsockopt(zmq.IPV6, 1)
+
+
+# --- security ------------------------------------------------------------------------------------
+def check_exposure(role: str, endpoints: Iterable[str], secure: bool, insecure: bool) -> None:
+    """Refuse plaintext on an address that leaves the machine, unless ``insecure`` (then warn)."""
+    exposed = [e for e in endpoints if not is_loopback(e)]
+    if secure or not exposed:
+        return
+    if not insecure:
+        raise ValueError(f"{role}: refusing to use {', '.join(exposed)} without CURVE keys: anyone who "
+                         f"can reach it could inject data or read the policy. To fix it, {HOW_TO_MAKE_KEYS}. "
+                         "On a network you trust completely, pass insecure=True instead.")
+    log.warning("%s: INSECURE: %s carry unencrypted, unauthenticated traffic (insecure=True); anyone "
+                "who can reach them can inject data or read the policy", role.upper(), ", ".join(exposed))
+
+
+class _Authenticators:
+    """One ZAP handler (``zmq.auth.thread.ThreadAuthenticator``) per process, shared by every
+    secure socket; each server gets its own ZAP domain and key allow-list (a callback)."""
+
+    _lock = threading.Lock()
+    _auth: Any = None
+    _users = 0
+    _pid = 0
+    _ids = itertools.count()
+
+    @classmethod
+    def acquire(cls, allow_list: "_AllowList") -> str:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        with cls._lock:
+            if cls._auth is None or cls._pid != os.getpid():
+                cls._auth = ThreadAuthenticator(_context(), log=logging.getLogger("relayrl.transport.zap"))
+                cls._auth.start()
+                cls._pid, cls._users = os.getpid(), 0
+            cls._users += 1
+            domain = f"relayrl-{next(cls._ids)}"
+            cls._auth.configure_curve_callback(domain, credentials_provider=allow_list)
+            return domain
+
+    @classmethod
+    def release(cls, domain: str) -> None:
+        with cls._lock:
+            if cls._auth is None or cls._pid != os.getpid():
+                return
+            cls._auth.credentials_providers.pop(domain, None)
+            cls._users -= 1
+            if cls._users <= 0:
+                cls._auth.stop()
+                cls._auth = None
+
+
+class _AllowList:
+    """The public keys a server accepts: the ``*.key`` files of a directory (reread when the directory
+    changes, checked at most every ``check_interval`` seconds) or fixed key files."""
+
+    def __init__(self, directory: str | os.PathLike | None = None, key_files: Iterable = (),
+                 check_interval: float = 2.0):
+        self.directory = Path(directory) if directory is not None else None
+        if self.directory is not None and not self.directory.is_dir():
+            raise ValueError(f"authorized keys directory {self.directory} does not exist; {HOW_TO_MAKE_KEYS}")
+        self.fixed = {load_public_key(f) for f in key_files}
+        self.check_interval = check_interval
+        self.keys: frozenset[bytes] = frozenset()
+        self._stamp: Any = None
+        self._checked_at = -math.inf
+        self._refused: dict[bytes, float] = {}
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked_at < self.check_interval:
+            return
+        self._checked_at = now
+        keys = set(self.fixed)
+        if self.directory is not None:
+            files = sorted(self.directory.glob("*.key"))
+            stamp = [(f.name, f.stat().st_mtime_ns) for f in files if f.is_file()]
+            if stamp == self._stamp and not force:
+                return
+            self._stamp = stamp
+            for path in files:
+                try:
+                    keys.add(load_public_key(path))
+                except ValueError as exc:
+                    log.warning("ignoring authorized key file %s: %s", path, exc)
+            if not keys:
+                log.warning("no authorized keys in %s: every client will be refused", self.directory)
+        if self.keys and keys != self.keys:
+            log.info("authorized keys reloaded: %d keys (was %d)", len(keys), len(self.keys))
+        self.keys = frozenset(keys)
+
+    def callback(self, domain: str, client_key: bytes) -> bool:  # called by the ZAP thread
+        allowed = client_key in self.keys
+        if not allowed:  # refused clients retry: log each key once a minute at most
+            now = time.monotonic()
+            if now - self._refused.get(client_key, -math.inf) > 60.0:
+                if len(self._refused) > 1000:
+                    self._refused.clear()
+                self._refused[client_key] = now
+                log.warning("refused a connection with an unknown CURVE key %s (to authorize it, add "
+                            "its .key file to %s)", client_key.decode(errors="replace"),
+                            self.directory or "the allow-list")
+        return allowed
+
+
+class ServerSecurity:
+    """CURVE for sockets that bind: the server's key pair plus a key allow-list checked over ZAP."""
+
+    def __init__(self, secret_key_file: str | os.PathLike, allow_list: _AllowList):
+        self.public, self.secret = load_key_pair(secret_key_file)
+        self.allow_list = allow_list
+        self.domain = _Authenticators.acquire(allow_list)
+
+    def apply(self, socket: zmq.Socket) -> None:
+        socket.setsockopt(zmq.ZAP_DOMAIN, self.domain.encode())
+        socket.setsockopt(zmq.CURVE_SERVER, 1)
+        socket.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        socket.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+
+    def close(self) -> None:
+        if self.domain:
+            _Authenticators.release(self.domain)
+            self.domain = ""
+
+
+class ClientSecurity:
+    """CURVE for sockets that connect: the server's public key and this client's key pair."""
+
+    def __init__(self, server_public_key_file: str | os.PathLike, client_secret_key_file: str | os.PathLike):
+        self.server_public = load_public_key(server_public_key_file)
+        self.public, self.secret = load_key_pair(client_secret_key_file)
+
+    def apply(self, socket: zmq.Socket) -> None:
+        socket.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
+        socket.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        socket.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+
+
+def _both_or_neither(role: str, **named: Any) -> bool:
+    given = [name for name, value in named.items() if value is not None]
+    if given and len(given) != len(named):
+        missing = sorted(set(named) - set(given))
+        raise ValueError(f"{role}: CURVE needs {' and '.join(named)}; {', '.join(missing)} missing")
+    return bool(given)
 
 
 class _RateLimitedLog:
@@ -153,6 +301,17 @@ class ZmqTrainerInterface:
         between two re-sends of the weights to new subscribers.
     max_messages_per_retrieve:
         ``retrieve_buffer`` returns after this many messages even if more are waiting.
+    server_secret_key_file, authorized_keys_dir:
+        CURVE security (see :mod:`relayrl.transport.keys`): the trainer's key pair and the directory
+        of the workers' public keys it accepts (reread when it changes: delete a file to revoke).
+        Required when an address is not loopback, unless ``insecure=True``.
+    insecure:
+        Allow plaintext on non-loopback addresses (a trusted network only; logged loudly).
+    connect, relay_public_key_file:
+        ``connect=True``: the two addresses are a :class:`~relayrl.transport.relay.Relay`'s trainer
+        side, connected to instead of bound (for a trainer that cannot accept connections). With
+        CURVE, pass the relay's public key file and ``server_secret_key_file`` (this trainer's key
+        pair, which the relay must authorize); ``authorized_keys_dir`` is then the relay's business.
     """
 
     def __init__(self, buffer_bind: str = "tcp://127.0.0.1:0", weights_bind: str = "tcp://127.0.0.1:0",
@@ -160,7 +319,11 @@ class ZmqTrainerInterface:
                  slack_samples: int = 1000, max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
                  max_queued_buffers: int = 1000, initial_version: int = 0, worker_timeout: float = 60.0,
                  control_interval: float = 0.02, weights_resend_interval: float = 0.2,
-                 max_messages_per_retrieve: int = 10_000):
+                 max_messages_per_retrieve: int = 10_000,
+                 server_secret_key_file: str | os.PathLike | None = None,
+                 authorized_keys_dir: str | os.PathLike | None = None,
+                 insecure: bool = False, connect: bool = False,
+                 relay_public_key_file: str | os.PathLike | None = None):
         if env_steps_per_update is not None and not env_steps_per_update > 0:
             raise ValueError(f"env_steps_per_update must be > 0 or None, got {env_steps_per_update}")
         if initial_samples < 0 or slack_samples < 0:
@@ -177,24 +340,46 @@ class ZmqTrainerInterface:
         self.max_messages_per_retrieve = int(max_messages_per_retrieve)
         self._limits = {"buffer": self.max_buffer_bytes, "hello": DEFAULT_MAX_CONTROL_BYTES}
 
+        self._security: ServerSecurity | ClientSecurity | None = None
+        if connect:
+            secure = _both_or_neither("ZmqTrainerInterface(connect=True)",
+                                      server_secret_key_file=server_secret_key_file,
+                                      relay_public_key_file=relay_public_key_file)
+            if authorized_keys_dir is not None:
+                raise ValueError("authorized_keys_dir is for a trainer that binds; with connect=True "
+                                 "the relay checks the workers' keys")
+        else:
+            secure = _both_or_neither("ZmqTrainerInterface", server_secret_key_file=server_secret_key_file,
+                                      authorized_keys_dir=authorized_keys_dir)
+        check_exposure("ZmqTrainerInterface", (buffer_bind, weights_bind), secure, insecure)
+        if secure and connect:
+            self._security = ClientSecurity(relay_public_key_file, server_secret_key_file)
+        elif secure:
+            self._security = ServerSecurity(server_secret_key_file, _AllowList(authorized_keys_dir))
+
         ctx = _context()
         self._pull = ctx.socket(zmq.PULL)
         self._xpub = ctx.socket(zmq.XPUB)
         try:
-            _prepare(self._pull, buffer_bind)
+            for socket, endpoint in ((self._pull, buffer_bind), (self._xpub, weights_bind)):
+                _prepare(socket, endpoint)
+                if self._security is not None:
+                    self._security.apply(socket)
             self._pull.setsockopt(zmq.RCVHWM, int(max_queued_buffers))
             self._pull.setsockopt(zmq.MAXMSGSIZE, self.max_buffer_bytes)
-            self._pull.bind(buffer_bind)
-            _prepare(self._xpub, weights_bind)
             self._xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
             self._xpub.setsockopt(zmq.SNDHWM, 100)
-            self._xpub.bind(weights_bind)
+            for socket, endpoint in ((self._pull, buffer_bind), (self._xpub, weights_bind)):
+                socket.connect(endpoint) if connect else socket.bind(endpoint)
         except Exception:
             self._pull.close(0)
             self._xpub.close(0)
+            if isinstance(self._security, ServerSecurity):
+                self._security.close()
             raise
-        self.buffer_endpoint: str = self._pull.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.weights_endpoint: str = self._xpub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.buffer_endpoint: str = buffer_bind if connect else self._pull.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.weights_endpoint: str = weights_bind if connect else self._xpub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.secure = self._security is not None
         self._poller = zmq.Poller()
         self._poller.register(self._pull, zmq.POLLIN)
         self._poller.register(self._xpub, zmq.POLLIN)
@@ -278,6 +463,15 @@ class ZmqTrainerInterface:
         self._set_control(self._control_message())
         self._service()
 
+    def reload_authorized_keys(self) -> int:
+        """Reread the authorized keys directory now (it is also reread by itself within seconds of a
+        change); return how many keys are accepted. A revoked key is refused on its next connection;
+        a connection already open stays open until it breaks or the trainer restarts."""
+        if not isinstance(self._security, ServerSecurity):
+            raise RuntimeError("this trainer does not use CURVE (no authorized_keys_dir)")
+        self._security.allow_list.refresh(force=True)
+        return len(self._security.allow_list.keys)
+
     def stats(self) -> dict:
         """Counters for statistics rows and logs (per worker: see :class:`WorkerAccount`)."""
         now = time.monotonic()
@@ -303,6 +497,8 @@ class ZmqTrainerInterface:
             self._closed = True
             self._pull.close(0)
             self._xpub.close(0)
+            if isinstance(self._security, ServerSecurity):
+                self._security.close()
 
     def __enter__(self) -> "ZmqTrainerInterface":
         return self
@@ -422,6 +618,8 @@ class ZmqTrainerInterface:
         """Answer new subscriptions with the latest weights and control; send what is due."""
         if self._closed:
             raise RuntimeError("the ZmqTrainerInterface is closed")
+        if isinstance(self._security, ServerSecurity):
+            self._security.allow_list.refresh()  # cheap: rereads the directory only if it changed
         while True:
             try:
                 event = self._xpub.recv(zmq.NOBLOCK)
@@ -462,6 +660,11 @@ class ZmqWorkerClient:
         Buffers queued in this process at most (then ``send_buffer`` blocks).
     max_buffer_bytes, max_weights_bytes:
         Size limits: larger buffers are refused locally, larger weights messages dropped.
+    server_public_key_file, client_secret_key_file:
+        CURVE security (see :mod:`relayrl.transport.keys`): the trainer's (or relay's) public key and
+        this worker's key pair. Required when an address is not loopback, unless ``insecure=True``.
+    insecure:
+        Allow plaintext to non-loopback addresses (a trusted network only; logged loudly).
     """
 
     HELLO_RETRY_SECONDS = 5.0
@@ -469,7 +672,9 @@ class ZmqWorkerClient:
     def __init__(self, buffer_connect: str, weights_connect: str, worker_id: str, *,
                  send_timeout: float = 60.0, send_hwm: int = 100,
                  max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
-                 max_weights_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES):
+                 max_weights_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES,
+                 server_public_key_file: str | os.PathLike | None = None,
+                 client_secret_key_file: str | os.PathLike | None = None, insecure: bool = False):
         if not isinstance(worker_id, str) or not 0 < len(worker_id) <= MAX_WORKER_ID_LEN:
             raise ValueError(f"worker_id must be a non-empty str of at most {MAX_WORKER_ID_LEN} "
                              f"characters, got {worker_id!r}")
@@ -482,10 +687,21 @@ class ZmqWorkerClient:
         self.buffers_sent = 0
         self.seq = 0
 
+        secure = _both_or_neither("ZmqWorkerClient", server_public_key_file=server_public_key_file,
+                                  client_secret_key_file=client_secret_key_file)
+        check_exposure("ZmqWorkerClient", (buffer_connect, weights_connect), secure, insecure)
+        security = ClientSecurity(server_public_key_file, client_secret_key_file) if secure else None
+        self.secure = secure
+
         ctx = _context()
         self._push = ctx.socket(zmq.PUSH)
         self._sub = ctx.socket(zmq.SUB)
         try:
+            if security is not None:
+                security.apply(self._push)
+                security.apply(self._sub)
+            for socket in (self._push, self._sub):  # back off when refused or the trainer is away
+                socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
             _prepare(self._push, buffer_connect)
             self._push.setsockopt(zmq.SNDHWM, int(send_hwm))
             self._push.setsockopt(zmq.SNDTIMEO, max(0, int(self.send_timeout * 1000)))
