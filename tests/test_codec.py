@@ -343,3 +343,37 @@ def test_codec_error_is_a_value_error_that_names_the_claimed_sender():
     with pytest.raises(CodecError) as info:
         decode_buffer([b"\xc1"])
     assert info.value.sender is None
+
+
+def test_random_corruption_raises_only_codec_errors():
+    """Flip, cut and splice bytes of valid messages: decoding either succeeds or raises CodecError,
+    never anything else (a receiver catches CodecError only)."""
+    rng = np.random.default_rng(1234)
+    samples = [valid_buffer_frames(), valid_weights_frames(),
+               [bytes(f) for f in encode_control({"allow": {"a": 3}, "sessions": {"a": "s"}, "default": 1})],
+               [bytes(f) for f in encode_hello("w", "s")]]
+    limits = {"buffer": 1 << 20, "weights": 1 << 20, "control": 1 << 20, "hello": 1 << 20}
+    outcomes = {"ok": 0, "refused": 0}
+    for _ in range(3000):
+        frames = [bytearray(f) for f in samples[rng.integers(len(samples))]]
+        for _ in range(rng.integers(1, 4)):
+            target = frames[rng.integers(len(frames))] if rng.random() < 0.3 else frames[0]
+            action = rng.integers(4)
+            if action == 0 and target:      # flip a byte
+                target[rng.integers(len(target))] = rng.integers(256)
+            elif action == 1 and target:    # cut
+                del target[rng.integers(len(target)):]
+            elif action == 2:               # insert garbage
+                at = rng.integers(len(target) + 1)
+                target[at:at] = rng.integers(0, 256, rng.integers(1, 9), dtype=np.uint8).tobytes()
+            elif len(frames) > 1:           # drop or duplicate a frame
+                if rng.random() < 0.5:
+                    frames.pop(rng.integers(1, len(frames)))
+                else:
+                    frames.append(bytearray(frames[-1]))
+        try:
+            decode_message([bytes(f) for f in frames], limits)
+            outcomes["ok"] += 1
+        except CodecError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 1000

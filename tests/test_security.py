@@ -11,11 +11,10 @@ import pytest
 import zmq
 
 from relayrl.buffer import Buffer
-from relayrl.transport import ZmqTrainerInterface, ZmqWorkerClient
-from relayrl.transport.keys import (create_key_pair, create_keys, is_loopback, load_key_pair,
-                                    load_public_key)
+from relayrl.transport import ZmqTrainerInterface, ZmqWorkerClient, encode_weights
+from relayrl.transport.keys import (check_exposure, create_key_pair, create_keys, is_loopback,
+                                    load_key_pair, load_public_key)
 from relayrl.transport.relay import Relay
-from relayrl.transport.zmq_transport import check_exposure
 
 LOOPBACK = "tcp://127.0.0.1:0"
 
@@ -48,6 +47,15 @@ def serve(trainer, seconds: float, collected: list, until=lambda: False) -> None
         buffer = trainer.retrieve_buffer()
         if len(buffer):
             collected.append(buffer)
+
+
+def send_or_time_out(client: ZmqWorkerClient, buffer: Buffer) -> None:
+    """A refused client's send is queued locally or, once ZeroMQ has dropped the refused connection,
+    blocks until its timeout: either way nothing reaches the trainer."""
+    try:
+        client.send_buffer(buffer)
+    except TimeoutError as exc:
+        assert "refuses this worker's CURVE key" in str(exc)
 
 
 def rows(collected) -> int:
@@ -121,18 +129,20 @@ def test_only_authorized_workers_get_weights_and_send_buffers(keys, tmp_path, cl
     endpoints = (trainer.buffer_endpoint, trainer.weights_endpoint)
     good = ZmqWorkerClient(*endpoints, "good", server_public_key_file=keys.trainer_public,
                            client_secret_key_file=keys.worker_secrets["good"])
+    refused = dict(send_timeout=0.3)
     unknown_key = ZmqWorkerClient(*endpoints, "unknown-key", server_public_key_file=keys.trainer_public,
-                                  client_secret_key_file=rogue_secret)
-    no_curve = ZmqWorkerClient(*endpoints, "no-curve")
+                                  client_secret_key_file=rogue_secret, **refused)
+    no_curve = ZmqWorkerClient(*endpoints, "no-curve", **refused)
     # a client that knows a worker's key pair but trusts a fake trainer key cannot connect either
     wrong_server = ZmqWorkerClient(*endpoints, "wrong-server", server_public_key_file=rogue_secret,
-                                   client_secret_key_file=keys.worker_secrets["other"])
+                                   client_secret_key_file=keys.worker_secrets["other"], **refused)
     clients = [good, unknown_key, no_curve, wrong_server]
     for client in clients:
         closing(client)
     trainer.publish_weights({"w": np.full(3, 7.0, np.float32)})
-    for i, client in enumerate(clients):
-        client.send_buffer(make_buffer(2, start=10 * i))
+    good.send_buffer(make_buffer(2))
+    for i, client in enumerate(clients[1:], start=1):
+        send_or_time_out(client, make_buffer(2, start=10 * i))
 
     collected: list[Buffer] = []
     with caplog.at_level(logging.WARNING, logger="relayrl.transport"):
@@ -163,9 +173,9 @@ def test_revoked_key_is_refused_on_its_next_connection(keys, closing):
     assert trainer.reload_authorized_keys() == 1
     revoked = ZmqWorkerClient(trainer.buffer_endpoint, trainer.weights_endpoint, "other",
                               server_public_key_file=keys.trainer_public,
-                              client_secret_key_file=keys.worker_secrets["other"])
+                              client_secret_key_file=keys.worker_secrets["other"], send_timeout=0.3)
     closing(revoked)
-    revoked.send_buffer(make_buffer(1))
+    send_or_time_out(revoked, make_buffer(1))
     collected: list[Buffer] = []
     serve(trainer, 1.0, collected)
     assert collected == [] and revoked.poll_weights() is None
@@ -244,10 +254,13 @@ def test_relay_forwards_both_ways_and_serves_late_joiners(closing):
     collected: list[Buffer] = []
     serve(trainer, 5.0, collected, until=lambda: rows(collected) >= 6)
     assert sorted(Buffer.concatenate(collected).rew.tolist()) == [0.0, 1.0, 2.0, 100.0, 101.0, 102.0]
-    assert relay.stats()["buffers_forwarded"] >= 2 + 2  # 2 hellos + 2 buffers
+    deadline = time.monotonic() + 2.0  # the relay thread counts just after forwarding
+    while relay.stats()["buffers_forwarded"] < 2 + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert relay.stats()["buffers_forwarded"] == 2 + 2  # 2 hellos + 2 buffers
 
 
-def test_secure_relay_checks_workers_and_the_trainer_separately(keys, tmp_path, closing):
+def test_secure_relay_checks_workers_and_the_trainer_separately(keys, closing, caplog):
     relay = Relay(secret_key_file=keys.relay_secret, authorized_keys_dir=keys.authorized_keys_dir,
                   trainer_keys=keys.trainer_public)
     closing(relay)
@@ -259,7 +272,7 @@ def test_secure_relay_checks_workers_and_the_trainer_separately(keys, tmp_path, 
     workers = (relay.worker_buffer_endpoint, relay.worker_weights_endpoint)
     good = ZmqWorkerClient(*workers, "good", server_public_key_file=keys.relay_public,
                            client_secret_key_file=keys.worker_secrets["good"])
-    plain = ZmqWorkerClient(*workers, "plain")
+    plain = ZmqWorkerClient(*workers, "plain", send_timeout=0.3)
     closing(good)
     closing(plain)
     # a worker's key cannot pose as the trainer to publish weights through the relay
@@ -269,13 +282,16 @@ def test_secure_relay_checks_workers_and_the_trainer_separately(keys, tmp_path, 
         load_public_key(keys.relay_public), public, secret)
     impostor.connect(relay.trainer_weights_endpoint)
     try:
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            impostor.send_multipart([b"w", b"fake weights"])
-            time.sleep(0.05)
+        fake = [b"w", *encode_weights(99, {"w": np.full(2, -1.0, np.float32)})]
+        with caplog.at_level(logging.WARNING, logger="relayrl.transport"):
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                impostor.send_multipart(fake)
+                time.sleep(0.05)
+        assert f"unknown CURVE key {public.decode()}" in caplog.text
         trainer.publish_weights({"w": np.full(2, 5.0, np.float32)})
         good.send_buffer(make_buffer(2))
-        plain.send_buffer(make_buffer(2, start=50))
+        send_or_time_out(plain, make_buffer(2, start=50))
         got, collected = [], []
         serve(trainer, 5.0, collected,
               until=lambda: rows(collected) >= 2 and (got.append(good.poll_weights()) or got[-1] is not None))
@@ -283,6 +299,6 @@ def test_secure_relay_checks_workers_and_the_trainer_separately(keys, tmp_path, 
         serve(trainer, 0.5, collected)
         assert sorted(Buffer.concatenate(collected).rew.tolist()) == [0.0, 1.0]
         assert plain.poll_weights() is None
-        assert good.poll_weights() is None  # nothing from the impostor arrived
+        assert good.poll_weights(0.3) is None  # the impostor's version 99 never arrived
     finally:
         impostor.close(0)

@@ -350,3 +350,64 @@ def test_workers_in_separate_processes(closing):
         assert account["buffers"] == n and account["lost_buffers"] == 0 and account["duplicate_buffers"] == 0
         assert account["last_policy_version"] == 1
     assert stats["samples"] == 2 * n * 3
+
+
+def test_restarted_worker_starts_a_new_session(closing):
+    trainer = ZmqTrainerInterface(LOOPBACK, LOOPBACK, env_steps_per_update=1.0, slack_samples=10)
+    closing(trainer)
+    first = ZmqWorkerClient(trainer.buffer_endpoint, trainer.weights_endpoint, "w")
+    first.send_buffer(make_buffer(8))
+    collected: list[Buffer] = []
+    pump(trainer, lambda: rows(collected) >= 8, collected=collected)
+    trainer.report_progress(total_updates=0, total_samples=8, memory_len=8)
+    pump(trainer, lambda: first.allowed_samples() == 10)  # 8 received + share 2
+    first.close()
+    second = ZmqWorkerClient(trainer.buffer_endpoint, trainer.weights_endpoint, "w")  # same id
+    closing(second)
+    # the new process is not charged for its predecessor: it may send the share (2) from zero
+    pump(trainer, lambda: second.allowed_samples() == 2)
+    second.send_buffer(make_buffer(1))
+    pump(trainer, lambda: rows(collected) >= 9, collected=collected)
+    account = trainer.stats()["workers"]["w"]
+    assert account["sessions"] == 2 and account["samples"] == 9
+    assert account["lost_buffers"] == 0 and account["duplicate_buffers"] == 0  # seq restarted with it
+
+
+def test_running_worker_rejoins_a_restarted_trainer(closing):
+    kwargs = dict(env_steps_per_update=1.0, initial_samples=0, slack_samples=10)
+    old = ZmqTrainerInterface(LOOPBACK, LOOPBACK, **kwargs)
+    closing(old)
+    endpoints = (old.buffer_endpoint, old.weights_endpoint)
+    client = ZmqWorkerClient(*endpoints, "w")
+    closing(client)
+    client.HELLO_RETRY_SECONDS = 0.2  # (5 s by default)
+    old.publish_weights({"w": np.zeros(1, np.float32)})
+    client.send_buffer(make_buffer(10))
+    collected: list[Buffer] = []
+    pump(old, lambda: rows(collected) >= 10, collected=collected)
+    old.report_progress(total_updates=0, total_samples=10, memory_len=10)
+    pump(old, lambda: client.allowed_samples() == 10 and client.poll_weights() is not None)
+    old.close()  # the trainer dies; the worker keeps running
+
+    deadline = time.monotonic() + 5.0
+    while True:  # same addresses, resumed; ZeroMQ releases the old ports asynchronously
+        try:
+            new = ZmqTrainerInterface(*endpoints, initial_version=7, **kwargs)
+            break
+        except zmq.ZMQError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    closing(new)
+    new.report_progress(total_updates=5, total_samples=10, memory_len=10)  # from its checkpoint
+    new.publish_weights({"w": np.ones(1, np.float32)})
+    got = []
+    pump(new, lambda: got.append(client.poll_weights()) or got[-1] is not None, timeout=10.0)
+    assert got[-1][0] == 8
+    # the new trainer does not know the worker's session: the worker says hello again and gets
+    # 0 + 5 * 1 + 10 - 10 = 5 more samples, counted from where it is now
+    pump(new, lambda: client.allowed_samples() == client.samples_sent + 5, timeout=10.0)
+    client.send_buffer(make_buffer(5))
+    collected.clear()
+    pump(new, lambda: rows(collected) >= 5, collected=collected)
+    assert new.stats()["workers"]["w"]["sessions"] >= 1

@@ -1,4 +1,5 @@
-"""CURVE keys for the transport: make them, lay them out, load them, and tell loopback addresses.
+"""CURVE keys for the transport: make them, lay them out, load them, apply them to sockets (with
+the ZAP allow-list), and tell loopback addresses from exposed ones.
 
 When the trainer (or a relay) listens on an address other than loopback, every connection is
 encrypted and authenticated with ZeroMQ's CURVE: the trainer has a key pair, each worker has its
@@ -18,19 +19,31 @@ From a shell: ``python -m relayrl.transport.keys DIR worker-0 worker-1 ... [--re
     ZmqWorkerClient(..., server_public_key_file="DIR/trainer.key",
                     client_secret_key_file="DIR/workers/worker-0.key_secret")
 
+With a relay (``--relay`` / ``create_keys(..., relay=True)``) there is also ``DIR/relay.key`` and
+``DIR/relay.key_secret``: the relay checks workers against ``authorized_workers/`` and the trainer
+against ``trainer.key``; workers and the trainer use ``relay.key`` as their server key.
+
 Key files are ZeroMQ certificates (a few lines of text, read by ``zmq.auth.load_certificate``).
 """
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import logging
+import math
 import os
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
+import zmq
 import zmq.auth
 from zmq.utils import z85
+
+log = logging.getLogger("relayrl.transport")
 
 HOW_TO_MAKE_KEYS = (
     "create keys with 'python -m relayrl.transport.keys KEYS_DIR worker-0 worker-1' (or "
@@ -107,7 +120,8 @@ def authorize(public_key_file: str | os.PathLike, authorized_keys_dir: str | os.
     directory = Path(authorized_keys_dir)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / (public_key_file.name.split(".")[0] + ".key")
-    target.write_text(f"# relayrl: authorized CURVE public key\ncurve\n    public-key = \"{public.decode()}\"\n")
+    target.write_text("# relayrl: an authorized CURVE public key\ncurve\n"
+                      f"    public-key = \"{public.decode()}\"\n")
     return target
 
 
@@ -159,6 +173,147 @@ def is_loopback(endpoint: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# --- CURVE on sockets ------------------------------------------------------------------------------------
+def check_exposure(role: str, endpoints: Iterable[str], secure: bool, insecure: bool) -> None:
+    """Refuse plaintext on an address that leaves the machine, unless ``insecure`` (then warn)."""
+    exposed = [e for e in endpoints if not is_loopback(e)]
+    if secure or not exposed:
+        return
+    if not insecure:
+        raise ValueError(f"{role}: refusing to use {', '.join(exposed)} without CURVE keys: anyone who "
+                         f"can reach it could inject data or read the policy. To fix it, {HOW_TO_MAKE_KEYS}. "
+                         "On a network you trust completely, pass insecure=True instead.")
+    log.warning("%s: INSECURE: %s carry unencrypted, unauthenticated traffic (insecure=True); anyone "
+                "who can reach them can inject data or read the policy", role.upper(), ", ".join(exposed))
+
+
+class _Authenticators:
+    """One ZAP handler (``zmq.auth.thread.ThreadAuthenticator``) per process, shared by every
+    secure socket; each server gets its own ZAP domain and key allow-list (a callback). It is
+    started on first use and kept for the life of the process (restarting it races with libzmq's
+    asynchronous unbind of the ZAP endpoint)."""
+
+    _lock = threading.Lock()
+    _auth: Any = None
+    _pid = 0
+    _ids = itertools.count()
+
+    @classmethod
+    def acquire(cls, allow_list: "AllowList") -> str:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        with cls._lock:
+            if cls._auth is None or cls._pid != os.getpid():
+                cls._auth = ThreadAuthenticator(zmq.Context.instance(),
+                                                log=logging.getLogger("relayrl.transport.zap"))
+                cls._auth.start()
+                cls._pid = os.getpid()
+            domain = f"relayrl-{next(cls._ids)}"
+            cls._auth.configure_curve_callback(domain, credentials_provider=allow_list)
+            return domain
+
+    @classmethod
+    def release(cls, domain: str) -> None:
+        with cls._lock:
+            if cls._auth is not None and cls._pid == os.getpid():
+                cls._auth.credentials_providers.pop(domain, None)
+
+
+class AllowList:
+    """The public keys a server accepts: the ``*.key`` files of a directory (reread when the directory
+    changes, checked at most every ``check_interval`` seconds) or fixed key files."""
+
+    def __init__(self, directory: str | os.PathLike | None = None, key_files: Iterable = (),
+                 check_interval: float = 2.0):
+        self.directory = Path(directory) if directory is not None else None
+        if self.directory is not None and not self.directory.is_dir():
+            raise ValueError(f"authorized keys directory {self.directory} does not exist; {HOW_TO_MAKE_KEYS}")
+        self.fixed = {load_public_key(f) for f in key_files}
+        self.check_interval = check_interval
+        self.keys: frozenset[bytes] = frozenset()
+        self._stamp: Any = None
+        self._checked_at = -math.inf
+        self._refused: dict[bytes, float] = {}
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked_at < self.check_interval:
+            return
+        self._checked_at = now
+        keys = set(self.fixed)
+        if self.directory is not None:
+            files = sorted(self.directory.glob("*.key"))
+            stamp = [(f.name, f.stat().st_mtime_ns) for f in files if f.is_file()]
+            if stamp == self._stamp and not force:
+                return
+            self._stamp = stamp
+            for path in files:
+                try:
+                    keys.add(load_public_key(path))
+                except ValueError as exc:
+                    log.warning("ignoring authorized key file %s: %s", path, exc)
+            if not keys:
+                log.warning("no authorized keys in %s: every client will be refused", self.directory)
+        if self.keys and keys != self.keys:
+            log.info("authorized keys reloaded: %d keys (was %d)", len(keys), len(self.keys))
+        self.keys = frozenset(keys)
+
+    def callback(self, domain: str, client_key: bytes) -> bool:  # called by the ZAP thread
+        allowed = client_key in self.keys
+        if not allowed:  # refused clients retry: log each key once a minute at most
+            now = time.monotonic()
+            if now - self._refused.get(client_key, -math.inf) > 60.0:
+                if len(self._refused) > 1000:
+                    self._refused.clear()
+                self._refused[client_key] = now
+                log.warning("refused a connection with an unknown CURVE key %s (to authorize it, add "
+                            "its .key file to %s)", client_key.decode(errors="replace"),
+                            self.directory or "the allow-list")
+        return allowed
+
+
+class ServerSecurity:
+    """CURVE for sockets that bind: the server's key pair plus a key allow-list checked over ZAP."""
+
+    def __init__(self, secret_key_file: str | os.PathLike, allow_list: AllowList):
+        self.public, self.secret = load_key_pair(secret_key_file)
+        self.allow_list = allow_list
+        self.domain = _Authenticators.acquire(allow_list)
+
+    def apply(self, socket: zmq.Socket) -> None:
+        socket.setsockopt(zmq.ZAP_DOMAIN, self.domain.encode())
+        socket.setsockopt(zmq.CURVE_SERVER, 1)
+        socket.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        socket.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+
+    def close(self) -> None:
+        if self.domain:
+            _Authenticators.release(self.domain)
+            self.domain = ""
+
+
+class ClientSecurity:
+    """CURVE for sockets that connect: the server's public key and this client's key pair."""
+
+    def __init__(self, server_public_key_file: str | os.PathLike, client_secret_key_file: str | os.PathLike):
+        self.server_public = load_public_key(server_public_key_file)
+        self.public, self.secret = load_key_pair(client_secret_key_file)
+
+    def apply(self, socket: zmq.Socket) -> None:
+        socket.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
+        socket.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        socket.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+
+
+def both_or_neither(role: str, **named: Any) -> bool:
+    given = [name for name, value in named.items() if value is not None]
+    if given and len(given) != len(named):
+        missing = sorted(set(named) - set(given))
+        raise ValueError(f"{role}: CURVE needs {' and '.join(named)}; {', '.join(missing)} missing")
+    return bool(given)
 
 
 def main(argv: list[str] | None = None) -> int:

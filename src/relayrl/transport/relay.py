@@ -30,8 +30,8 @@ from typing import Callable, Iterable
 import zmq
 
 from .codec import DEFAULT_MAX_BUFFER_BYTES, DEFAULT_MAX_WEIGHTS_BYTES
-from .zmq_transport import (ServerSecurity, _AllowList, _both_or_neither, _context, _prepare,
-                            check_exposure)
+from .keys import AllowList, ServerSecurity, both_or_neither, check_exposure
+from .zmq_transport import _context, _prepare
 
 log = logging.getLogger("relayrl.transport.relay")
 
@@ -64,15 +64,15 @@ class Relay:
                  insecure: bool = False, max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
                  max_weights_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES, max_queued_buffers: int = 1000):
         binds = (worker_buffer_bind, worker_weights_bind, trainer_buffer_bind, trainer_weights_bind)
-        secure = _both_or_neither("Relay", secret_key_file=secret_key_file,
+        secure = both_or_neither("Relay", secret_key_file=secret_key_file,
                                   authorized_keys_dir=authorized_keys_dir, trainer_keys=trainer_keys)
         check_exposure("Relay", binds, secure, insecure)
         if isinstance(trainer_keys, (str, os.PathLike)):
             trainer_keys = [trainer_keys]
         self._workers_security = self._trainer_security = None
         if secure:
-            self._workers_security = ServerSecurity(secret_key_file, _AllowList(authorized_keys_dir))
-            self._trainer_security = ServerSecurity(secret_key_file, _AllowList(key_files=trainer_keys))
+            self._workers_security = ServerSecurity(secret_key_file, AllowList(authorized_keys_dir))
+            self._trainer_security = ServerSecurity(secret_key_file, AllowList(key_files=trainer_keys))
 
         ctx = _context()
         self._from_workers = ctx.socket(zmq.PULL)

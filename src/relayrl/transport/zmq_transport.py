@@ -40,6 +40,16 @@ Without ``env_steps_per_update`` the control message is ``{"allow": {}, "default
 To never deadlock, choose ``env_steps_per_update >= 1 / max_training_steps_per_env_step`` and
 ``initial_samples >= max(start_training, batch_size)``.
 
+Security
+--------
+On loopback (127.0.0.0/8, ::1, ipc://) plaintext is allowed. Any other address needs CURVE keys
+(:mod:`relayrl.transport.keys`): the trainer's sockets are CURVE servers and a ZAP handler accepts only
+the workers whose public keys are in ``authorized_keys_dir`` (reread when it changes; a revoked key
+is refused on its next connection). Without keys the trainer and the client refuse to start unless
+``insecure=True`` (logged loudly). Whatever the network, nothing received is unpickled or executed:
+the codec accepts only plain arrays of allow-listed dtypes and a few typed header fields. A trainer
+that cannot accept connections uses a :class:`~relayrl.transport.relay.Relay` (``connect=True``).
+
 Delivery guarantee (plainly)
 ----------------------------
 * Buffers: while a worker's TCP connection lives, its buffers arrive complete, in order, at most once.
@@ -47,11 +57,13 @@ Delivery guarantee (plainly)
   marks are per connection) and ``send_hwm`` in each worker; when they are full, ``send_buffer``
   blocks (back-pressure) and raises ``TimeoutError`` after ``send_timeout`` seconds.
 * A worker process killed: the buffers still queued in it (at most ``send_hwm`` plus what sits in
-  its kernel socket buffer) are lost; the trainer counts nothing for them (its ``seq`` gap shows only
-  if the same session sends again). The restarted worker starts a new session.
+  the kernel socket buffers) are lost, silently: its session ends with it, so no ``seq`` gap can show.
+  The restarted worker starts a new session (and gets the latest weights on subscribing).
 * The trainer killed: everything queued in it (up to ``max_queued_buffers`` per worker) and what is in
-  flight is lost; workers keep queueing up to ``send_hwm`` and ZeroMQ reconnects them to the restarted
-  trainer, which then receives those queued buffers. The loss shows as gaps in ``seq`` (``lost``).
+  flight is lost; workers keep queueing up to ``send_hwm`` (then block) and ZeroMQ reconnects them to
+  the restarted trainer, which then receives those queued buffers. The restarted trainer has no record
+  of earlier ``seq`` numbers, so this loss is not counted; the checkpoint's ``total_samples`` and the
+  workers' ``samples_sent`` tell it.
 * A network outage: ZeroMQ reconnects; a message being written when the connection broke can be lost
   (shown as a ``seq`` gap), later ones are delivered.
 * Weights and control: publish/subscribe, latest value wins. A message can be dropped (slow or
@@ -61,15 +73,13 @@ Delivery guarantee (plainly)
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
@@ -78,7 +88,7 @@ from ..buffer import TRANSITION_FIELDS, Buffer
 from .codec import (DEFAULT_MAX_BUFFER_BYTES, DEFAULT_MAX_CONTROL_BYTES, DEFAULT_MAX_WEIGHTS_BYTES,
                     MAX_WORKER_ID_LEN, CodecError, decode_control, decode_message, decode_weights,
                     encode_buffer, encode_control, encode_hello, encode_weights)
-from .keys import HOW_TO_MAKE_KEYS, is_loopback, load_key_pair, load_public_key
+from .keys import AllowList, ClientSecurity, ServerSecurity, both_or_neither, check_exposure
 
 if TYPE_CHECKING:
     from ..actor import ActorModule
@@ -99,151 +109,6 @@ def _prepare(socket: zmq.Socket, endpoint: str) -> None:
     socket.setsockopt(zmq.LINGER, 0)
     if endpoint.startswith("tcp://["):  # an IPv6 address such as tcp://[::1]:5555
         socket.setsockopt(zmq.IPV6, 1)
-
-
-# --- security ------------------------------------------------------------------------------------
-def check_exposure(role: str, endpoints: Iterable[str], secure: bool, insecure: bool) -> None:
-    """Refuse plaintext on an address that leaves the machine, unless ``insecure`` (then warn)."""
-    exposed = [e for e in endpoints if not is_loopback(e)]
-    if secure or not exposed:
-        return
-    if not insecure:
-        raise ValueError(f"{role}: refusing to use {', '.join(exposed)} without CURVE keys: anyone who "
-                         f"can reach it could inject data or read the policy. To fix it, {HOW_TO_MAKE_KEYS}. "
-                         "On a network you trust completely, pass insecure=True instead.")
-    log.warning("%s: INSECURE: %s carry unencrypted, unauthenticated traffic (insecure=True); anyone "
-                "who can reach them can inject data or read the policy", role.upper(), ", ".join(exposed))
-
-
-class _Authenticators:
-    """One ZAP handler (``zmq.auth.thread.ThreadAuthenticator``) per process, shared by every
-    secure socket; each server gets its own ZAP domain and key allow-list (a callback)."""
-
-    _lock = threading.Lock()
-    _auth: Any = None
-    _users = 0
-    _pid = 0
-    _ids = itertools.count()
-
-    @classmethod
-    def acquire(cls, allow_list: "_AllowList") -> str:
-        from zmq.auth.thread import ThreadAuthenticator
-
-        with cls._lock:
-            if cls._auth is None or cls._pid != os.getpid():
-                cls._auth = ThreadAuthenticator(_context(), log=logging.getLogger("relayrl.transport.zap"))
-                cls._auth.start()
-                cls._pid, cls._users = os.getpid(), 0
-            cls._users += 1
-            domain = f"relayrl-{next(cls._ids)}"
-            cls._auth.configure_curve_callback(domain, credentials_provider=allow_list)
-            return domain
-
-    @classmethod
-    def release(cls, domain: str) -> None:
-        with cls._lock:
-            if cls._auth is None or cls._pid != os.getpid():
-                return
-            cls._auth.credentials_providers.pop(domain, None)
-            cls._users -= 1
-            if cls._users <= 0:
-                cls._auth.stop()
-                cls._auth = None
-
-
-class _AllowList:
-    """The public keys a server accepts: the ``*.key`` files of a directory (reread when the directory
-    changes, checked at most every ``check_interval`` seconds) or fixed key files."""
-
-    def __init__(self, directory: str | os.PathLike | None = None, key_files: Iterable = (),
-                 check_interval: float = 2.0):
-        self.directory = Path(directory) if directory is not None else None
-        if self.directory is not None and not self.directory.is_dir():
-            raise ValueError(f"authorized keys directory {self.directory} does not exist; {HOW_TO_MAKE_KEYS}")
-        self.fixed = {load_public_key(f) for f in key_files}
-        self.check_interval = check_interval
-        self.keys: frozenset[bytes] = frozenset()
-        self._stamp: Any = None
-        self._checked_at = -math.inf
-        self._refused: dict[bytes, float] = {}
-        self.refresh(force=True)
-
-    def refresh(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._checked_at < self.check_interval:
-            return
-        self._checked_at = now
-        keys = set(self.fixed)
-        if self.directory is not None:
-            files = sorted(self.directory.glob("*.key"))
-            stamp = [(f.name, f.stat().st_mtime_ns) for f in files if f.is_file()]
-            if stamp == self._stamp and not force:
-                return
-            self._stamp = stamp
-            for path in files:
-                try:
-                    keys.add(load_public_key(path))
-                except ValueError as exc:
-                    log.warning("ignoring authorized key file %s: %s", path, exc)
-            if not keys:
-                log.warning("no authorized keys in %s: every client will be refused", self.directory)
-        if self.keys and keys != self.keys:
-            log.info("authorized keys reloaded: %d keys (was %d)", len(keys), len(self.keys))
-        self.keys = frozenset(keys)
-
-    def callback(self, domain: str, client_key: bytes) -> bool:  # called by the ZAP thread
-        allowed = client_key in self.keys
-        if not allowed:  # refused clients retry: log each key once a minute at most
-            now = time.monotonic()
-            if now - self._refused.get(client_key, -math.inf) > 60.0:
-                if len(self._refused) > 1000:
-                    self._refused.clear()
-                self._refused[client_key] = now
-                log.warning("refused a connection with an unknown CURVE key %s (to authorize it, add "
-                            "its .key file to %s)", client_key.decode(errors="replace"),
-                            self.directory or "the allow-list")
-        return allowed
-
-
-class ServerSecurity:
-    """CURVE for sockets that bind: the server's key pair plus a key allow-list checked over ZAP."""
-
-    def __init__(self, secret_key_file: str | os.PathLike, allow_list: _AllowList):
-        self.public, self.secret = load_key_pair(secret_key_file)
-        self.allow_list = allow_list
-        self.domain = _Authenticators.acquire(allow_list)
-
-    def apply(self, socket: zmq.Socket) -> None:
-        socket.setsockopt(zmq.ZAP_DOMAIN, self.domain.encode())
-        socket.setsockopt(zmq.CURVE_SERVER, 1)
-        socket.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
-        socket.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
-
-    def close(self) -> None:
-        if self.domain:
-            _Authenticators.release(self.domain)
-            self.domain = ""
-
-
-class ClientSecurity:
-    """CURVE for sockets that connect: the server's public key and this client's key pair."""
-
-    def __init__(self, server_public_key_file: str | os.PathLike, client_secret_key_file: str | os.PathLike):
-        self.server_public = load_public_key(server_public_key_file)
-        self.public, self.secret = load_key_pair(client_secret_key_file)
-
-    def apply(self, socket: zmq.Socket) -> None:
-        socket.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
-        socket.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
-        socket.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
-
-
-def _both_or_neither(role: str, **named: Any) -> bool:
-    given = [name for name, value in named.items() if value is not None]
-    if given and len(given) != len(named):
-        missing = sorted(set(named) - set(given))
-        raise ValueError(f"{role}: CURVE needs {' and '.join(named)}; {', '.join(missing)} missing")
-    return bool(given)
 
 
 class _RateLimitedLog:
@@ -342,20 +207,20 @@ class ZmqTrainerInterface:
 
         self._security: ServerSecurity | ClientSecurity | None = None
         if connect:
-            secure = _both_or_neither("ZmqTrainerInterface(connect=True)",
+            secure = both_or_neither("ZmqTrainerInterface(connect=True)",
                                       server_secret_key_file=server_secret_key_file,
                                       relay_public_key_file=relay_public_key_file)
             if authorized_keys_dir is not None:
                 raise ValueError("authorized_keys_dir is for a trainer that binds; with connect=True "
                                  "the relay checks the workers' keys")
         else:
-            secure = _both_or_neither("ZmqTrainerInterface", server_secret_key_file=server_secret_key_file,
+            secure = both_or_neither("ZmqTrainerInterface", server_secret_key_file=server_secret_key_file,
                                       authorized_keys_dir=authorized_keys_dir)
         check_exposure("ZmqTrainerInterface", (buffer_bind, weights_bind), secure, insecure)
         if secure and connect:
             self._security = ClientSecurity(relay_public_key_file, server_secret_key_file)
         elif secure:
-            self._security = ServerSecurity(server_secret_key_file, _AllowList(authorized_keys_dir))
+            self._security = ServerSecurity(server_secret_key_file, AllowList(authorized_keys_dir))
 
         ctx = _context()
         self._pull = ctx.socket(zmq.PULL)
@@ -377,8 +242,9 @@ class ZmqTrainerInterface:
             if isinstance(self._security, ServerSecurity):
                 self._security.close()
             raise
-        self.buffer_endpoint: str = buffer_bind if connect else self._pull.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.weights_endpoint: str = weights_bind if connect else self._xpub.getsockopt_string(zmq.LAST_ENDPOINT)
+        bound = lambda socket: socket.getsockopt_string(zmq.LAST_ENDPOINT)  # noqa: E731 (port 0 -> real)
+        self.buffer_endpoint: str = buffer_bind if connect else bound(self._pull)
+        self.weights_endpoint: str = weights_bind if connect else bound(self._xpub)
         self.secure = self._security is not None
         self._poller = zmq.Poller()
         self._poller.register(self._pull, zmq.POLLIN)
@@ -416,6 +282,9 @@ class ZmqTrainerInterface:
                 kind, payload = decode_message(frames, self._limits)
             except CodecError as exc:
                 self._drop(frames, exc.sender, str(exc))
+                continue
+            except Exception as exc:  # never expected; a bad message must not stop training anyway
+                self._drop(frames, None, f"unexpected {type(exc).__name__}: {exc}")
                 continue
             if kind == "hello":
                 self._start_session(*payload)
@@ -516,9 +385,14 @@ class ZmqTrainerInterface:
             pass
         self._drop_log.warning("dropped a message from worker %r (peer %s): %s", sender, peer, reason)
 
+    MAX_WORKER_ACCOUNTS = 10_000  # the least recently seen are forgotten beyond this
+
     def _account(self, worker_id: str) -> WorkerAccount:
         account = self.workers.get(worker_id)
         if account is None:
+            if len(self.workers) >= self.MAX_WORKER_ACCOUNTS:
+                oldest = min(self.workers, key=lambda wid: self.workers[wid].last_seen)
+                del self.workers[oldest]
             account = self.workers[worker_id] = WorkerAccount()
         account.last_seen = time.monotonic()
         return account
@@ -566,18 +440,25 @@ class ZmqTrainerInterface:
         return Buffer(**columns, episodes=[])
 
     # --- outbound --------------------------------------------------------------------------------
+    def _active(self, now: float) -> dict[str, WorkerAccount]:
+        return {wid: a for wid, a in self.workers.items() if now - a.last_seen <= self.worker_timeout}
+
     def _active_workers(self, now: float) -> int:
-        return sum(1 for a in self.workers.values() if now - a.last_seen <= self.worker_timeout)
+        return len(self._active(now))
 
     def _control_message(self) -> dict:
+        """The credit rule of the module docstring. Only active workers are listed; one that went
+        quiet longer than worker_timeout (e.g. paused by the limit) finds itself missing, says hello
+        again and is counted afresh."""
         if self.env_steps_per_update is None:
             return dict(UNLIMITED)
         total_updates, total_samples = self._progress
         allowance = self.initial_samples + total_updates * self.env_steps_per_update + self.slack_samples
         remaining = max(0, math.ceil(allowance) - total_samples)
-        share = math.ceil(remaining / max(1, self._active_workers(time.monotonic())))
-        return {"allow": {wid: a.session_samples + share for wid, a in self.workers.items()},
-                "sessions": {wid: a.session for wid, a in self.workers.items() if a.session},
+        active = self._active(time.monotonic())
+        share = math.ceil(remaining / max(1, len(active)))
+        return {"allow": {wid: a.session_samples + share for wid, a in active.items()},
+                "sessions": {wid: a.session for wid, a in active.items() if a.session},
                 "default": share}
 
     def _set_control(self, message: dict, force: bool = False) -> None:
@@ -687,7 +568,7 @@ class ZmqWorkerClient:
         self.buffers_sent = 0
         self.seq = 0
 
-        secure = _both_or_neither("ZmqWorkerClient", server_public_key_file=server_public_key_file,
+        secure = both_or_neither("ZmqWorkerClient", server_public_key_file=server_public_key_file,
                                   client_secret_key_file=client_secret_key_file)
         check_exposure("ZmqWorkerClient", (buffer_connect, weights_connect), secure, insecure)
         security = ClientSecurity(server_public_key_file, client_secret_key_file) if secure else None
@@ -754,8 +635,9 @@ class ZmqWorkerClient:
             self._push.send_multipart(frames)
         except zmq.Again:
             raise TimeoutError(f"{self.worker_id}: no room to send a buffer to {self.buffer_connect} for "
-                               f"{self.send_timeout:g} s: the trainer is not running, not reachable or "
-                               "not keeping up; the buffer was not sent") from None
+                               f"{self.send_timeout:g} s: the trainer is not running, not reachable, "
+                               "refuses this worker's CURVE key, or is not keeping up; the buffer was "
+                               "not sent") from None
         self.seq += 1
         self.buffers_sent += 1
         self.samples_sent += len(buffer)
