@@ -12,17 +12,17 @@ from relayrl.local import run_local
 @pytest.mark.slow
 def test_pendulum_return_improves(tmp_path):
     cfg = with_overrides(RunConfig(), **{
-        "run_dir": str(tmp_path / "run"), "seed": 1, "workers.count": 2,
-        "training.epochs": 2, "training.rounds": 6, "training.steps": 250,
-        "workers.test_episode_interval": 2})
+        "run_dir": str(tmp_path / "run"), "seed": 0, "workers.count": 2,
+        "training.epochs": 2, "training.rounds": 9, "training.steps": 250,
+        "workers.test_episode_interval": 1})
     rows = run_local(cfg, progress=False, print_tables=False)
-    assert len(rows) == 12
+    assert len(rows) == 18
     stats = pd.read_csv(tmp_path / "run" / "stats.csv")
-    assert len(stats) == 12
+    assert len(stats) == 18
     early = stats["return_train"].dropna().iloc[:2].mean()          # about -1200 for a random policy
-    late = stats["return_test"].dropna().iloc[-2:].mean()
+    late = stats["return_test"].dropna().iloc[-3:].mean()
     assert not math.isnan(late), "no test episode finished"
-    assert late > early + 300, (early, late)
+    assert late > max(early + 400, -700), (early, late)
     last = rows[-1]
     # the two-sided rate control kept updates and samples in step
     assert 0.8 <= last["update_to_data_ratio"] <= 1.0
