@@ -24,6 +24,16 @@ ASYM_ACT_SPACE = spaces.Box(low=np.array([-1.0, 0.0], np.float32),
                             high=np.array([3.0, 0.5], np.float32), dtype=np.float32)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These networks are tiny: a second intra-op thread only adds synchronisation, and on a busy
+    machine OpenMP barriers can make a 2-thread update 100x slower. Restored after each test."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def make_agent(action_space=ACT_SPACE, **overrides) -> SACAgent:
     overrides.setdefault("hidden_sizes", SMALL)
     return SACAgent(OBS_SPACE, action_space, device="cpu", **overrides)
@@ -253,6 +263,11 @@ def test_state_dict_round_trip_through_weights_only_load(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_load_state_dict_refuses_foreign_state():
+    with pytest.raises(ValueError, match="missing"):
+        make_agent().load_state_dict({"actor": {}})
+
+
 def test_state_dict_holds_only_plain_values():
     state = make_agent().state_dict()
     buffer = io.BytesIO()
@@ -286,7 +301,7 @@ def test_act_returns_actions_within_bounds_and_is_deterministic_in_test_mode():
     torch.manual_seed(0)
     actor = MLPActor(OBS_SPACE, ASYM_ACT_SPACE, hidden_sizes=SMALL)
     with torch.no_grad():  # push the policy to extreme actions to exercise the clipping
-        actor.head.bias[:2] += torch.tensor([50.0, -50.0])
+        actor.biases[-1][:2] += torch.tensor([50.0, -50.0])  # the two means
     rng = np.random.default_rng(0)
     for _ in range(50):
         obs = OBS_SPACE.sample() * rng.uniform(1, 10)
@@ -315,6 +330,9 @@ def test_act_matches_forward():
     np.testing.assert_allclose(actor.act(obs, test=True), expected, rtol=1e-6, atol=1e-6)
     assert logprob.shape == (1,)
     assert actor(torch.as_tensor(obs)[None], with_logprob=False)[1] is None
+    single, single_logprob = actor(torch.as_tensor(obs), test=True)  # one unbatched observation
+    assert single.shape == (2,) and single_logprob.shape == ()
+    torch.testing.assert_close(single, squashed[0])
 
 
 def test_log_prob_matches_torch_distributions():

@@ -16,10 +16,39 @@ Ctrl+C saves and exits. Precedence: defaults < --config FILE < flags. Every sett
 documentation, is a field of relayrl.config (print them with --print-config)."""
 
 
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+TRAINER_HELP = """\
+Train from remote rollout workers ('relayrl worker', any number, on any machine): the trainer of
+'relayrl train' (same settings, run directory, checkpoints and resume) with no local workers. It
+binds two addresses (buffers in, weights out) that workers dial, or with --connect-relay joins a
+'relayrl relay'. Any address other than loopback needs CURVE keys (--keys DIR, made by 'relayrl
+keys') or an explicit --insecure. Prints every few seconds who is connected, samples per second, the
+policy version and each worker's policy lag; Ctrl+C or SIGTERM saves a checkpoint and exits."""
+
+WORKER_HELP = """\
+Run one rollout worker that dials out to a trainer (or, with --via-relay keys, a relay): it runs
+episodes with the newest policy and sends their transitions. It builds the trainer's actor, so give
+it the trainer's --config (sac.hidden_sizes) and --env. Prints its samples per second and the policy
+version it runs; Ctrl+C or SIGTERM stops it cleanly."""
+
+RELAY_HELP = """\
+Forward buffers from workers to a trainer and weights back, for a trainer that cannot accept
+connections: workers connect to the worker ports, the trainer ('relayrl trainer --connect-relay
+HOST') to the trainer ports. Payloads are never decoded. Prints its connections and what it
+forwarded every few seconds."""
+
+KEYS_HELP = """\
+Create CURVE keys: the trainer's pair (DIR/trainer.key_secret; DIR/trainer.key is its public half),
+one pair per worker (DIR/workers/NAME.key_secret) with its public key authorized in
+DIR/authorized_workers/, and with --relay the relay's pair (DIR/relay.key_secret, DIR/relay.key).
+Existing keys are kept, so run it again with new names to add workers. Revoke a worker by deleting
+its file in authorized_workers/."""
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, local_workers: bool = True) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file with settings (see README)")
     parser.add_argument("--env", help="gymnasium environment id (default Pendulum-v1)")
-    parser.add_argument("--workers", type=int, metavar="N", help="local worker processes (default 2)")
+    if local_workers:
+        parser.add_argument("--workers", type=int, metavar="N", help="local worker processes (default 2)")
     parser.add_argument("--epochs", type=int, metavar="N", help="epochs (checkpoint after each; default 10)")
     parser.add_argument("--rounds", type=int, metavar="N", help="rounds per epoch (one stats row each; default 5)")
     parser.add_argument("--steps", type=int, metavar="N", help="training steps per round (default 200)")
@@ -40,7 +69,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     config = load_config(args.config) if args.config else RunConfig()
     return with_overrides(config, **{
         "env": args.env, "seed": args.seed, "run_dir": args.run_dir,
-        "workers.count": args.workers, "training.epochs": args.epochs,
+        "workers.count": getattr(args, "workers", None), "training.epochs": args.epochs,
         "training.rounds": args.rounds, "training.steps": args.steps,
         "training.device": args.device, "training.start_training": args.start_training,
         "training.profiling": args.profiling,
@@ -73,6 +102,161 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trainer(args: argparse.Namespace) -> int:
+    from .roles import plan_trainer, run_trainer
+    config = build_config(args)
+    if args.env_steps_per_update is not None and args.no_rate_limit:
+        raise ValueError("--env-steps-per-update and --no-rate-limit exclude each other")
+    if args.env_steps_per_update is not None:
+        config = with_overrides(config, **{"workers.env_steps_per_update": args.env_steps_per_update})
+    if args.no_rate_limit:
+        config.workers.env_steps_per_update = None
+    if args.print_config:
+        _print_config(config)
+        return 0
+    plan = plan_trainer(args)  # addresses and keys are checked before anything heavy is built
+    rows = run_trainer(config, plan, progress=not args.no_progress, print_tables=not args.quiet,
+                       status_interval=args.status_interval)
+    if rows:
+        last = rows[-1]
+        print(f"done: {int(last['total_samples'])} env steps, {int(last['total_updates'])} updates; "
+              f"last test return {last['return_test']:.1f}; run directory {config.run_dir}", flush=True)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .roles import plan_worker, run_worker
+    config = load_config(args.config) if args.config else RunConfig()
+    config = with_overrides(config, **{
+        "env": args.env, "workers.max_samples_per_episode": args.max_samples_per_episode,
+        "workers.test_episode_interval": args.test_episode_interval,
+        "workers.buffer_steps": args.buffer_steps,
+        "workers.pause_mid_episode": False if args.no_pause_mid_episode else None,
+    })
+    plan = plan_worker(args)
+    run_worker(config, plan, seed=args.seed, status_interval=args.status_interval)
+    return 0
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from .roles import plan_relay, run_relay
+    run_relay(plan_relay(args), status_interval=args.status_interval, duration=args.duration)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .roles import make_keys
+    for line in make_keys(args.dir, args.workers, relay=args.relay):
+        print(line)
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _add_trainer_parser(sub) -> None:
+    from .roles import (DEFAULT_BUFFER_PORT, DEFAULT_RELAY_TRAINER_BUFFER_PORT, DEFAULT_STATUS_INTERVAL,
+                        DEFAULT_WEIGHTS_PORT)
+    p = sub.add_parser("trainer", help="train from remote workers (binds, or joins a relay)",
+                       description=TRAINER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_run_flags(p, local_workers=False)
+    net = p.add_argument_group("network")
+    net.add_argument("--bind-buffers", metavar="tcp://HOST:PORT",
+                     help=f"where workers send buffers (default tcp://127.0.0.1:{DEFAULT_BUFFER_PORT}; "
+                          f"tcp://0.0.0.0:{DEFAULT_BUFFER_PORT} for every interface)")
+    net.add_argument("--bind-weights", metavar="tcp://HOST:PORT",
+                     help=f"where workers get weights (default tcp://127.0.0.1:{DEFAULT_WEIGHTS_PORT})")
+    net.add_argument("--connect-relay", metavar="HOST[:PORT]",
+                     help="join a 'relayrl relay' at HOST instead of binding")
+    net.add_argument("--relay-buffer-port", type=int, metavar="PORT",
+                     help=f"the relay's trainer buffer port (default {DEFAULT_RELAY_TRAINER_BUFFER_PORT})")
+    net.add_argument("--relay-weights-port", type=int, metavar="PORT",
+                     help="the relay's trainer weights port (default: buffer port + 1)")
+    net.add_argument("--keys", metavar="DIR", help="CURVE keys made by 'relayrl keys': uses "
+                     "DIR/trainer.key_secret and DIR/authorized_workers/ (with --connect-relay: DIR/relay.key)")
+    net.add_argument("--insecure", action="store_true",
+                     help="allow plaintext on a non-loopback address (a network you trust completely)")
+    net.add_argument("--env-steps-per-update", type=_positive_float, metavar="X",
+                     help="rate limit: env steps the workers may collect per update (default 1.0)")
+    net.add_argument("--no-rate-limit", action="store_true",
+                     help="never meter the workers (real-time environments)")
+    net.add_argument("--status-interval", type=_positive_float, default=DEFAULT_STATUS_INTERVAL,
+                     metavar="S", help=f"seconds between status reports (default {DEFAULT_STATUS_INTERVAL:g})")
+    p.set_defaults(func=cmd_trainer)
+
+
+def _add_worker_parser(sub) -> None:
+    from .roles import DEFAULT_BUFFER_PORT, DEFAULT_STATUS_INTERVAL
+    p = sub.add_parser("worker", help="run a rollout worker that connects to a trainer or relay",
+                       description=WORKER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--connect", required=True, metavar="HOST[:PORT]",
+                   help="the trainer's (or relay's) host; PORT sets --buffer-port")
+    p.add_argument("--buffer-port", type=int, metavar="PORT", help=f"default {DEFAULT_BUFFER_PORT}")
+    p.add_argument("--weights-port", type=int, metavar="PORT", help="default: buffer port + 1")
+    p.add_argument("--config", metavar="FILE", help="the trainer's TOML file (actor architecture, env, "
+                   "[workers] settings); default settings otherwise")
+    p.add_argument("--env", help="gymnasium environment id (default: the config's, Pendulum-v1)")
+    p.add_argument("--name", metavar="NAME", help="this worker's id (default HOSTNAME-PID); with --keys "
+                   "its key pair is KEYS_DIR/workers/NAME.key_secret")
+    p.add_argument("--keys", metavar="DIR", help="CURVE keys: DIR/trainer.key (DIR/relay.key with "
+                   "--via-relay) and DIR/workers/NAME.key_secret")
+    p.add_argument("--via-relay", action="store_true", help="the host is a relay: use DIR/relay.key")
+    p.add_argument("--key", metavar="FILE", help="this worker's .key_secret file (instead of --keys/--name)")
+    p.add_argument("--server-key", metavar="FILE", help="the trainer's or relay's public .key file")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow plaintext to a non-loopback address (a network you trust completely)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of the environment and the policy noise "
+                   "(default: random)")
+    p.add_argument("--max-samples-per-episode", type=int, metavar="N", help="cap on steps per episode")
+    p.add_argument("--test-episode-interval", type=int, metavar="K",
+                   help="one test episode every K training episodes (0: never; default 5)")
+    p.add_argument("--buffer-steps", type=int, metavar="N", help="steps per buffer sent (default 25)")
+    p.add_argument("--no-pause-mid-episode", action="store_true",
+                   help="let the rate limit pause this worker only between episodes (robots, games)")
+    p.add_argument("--status-interval", type=_positive_float, default=DEFAULT_STATUS_INTERVAL, metavar="S",
+                   help=f"seconds between status lines (default {DEFAULT_STATUS_INTERVAL:g})")
+    p.set_defaults(func=cmd_worker)
+
+
+def _add_relay_parser(sub) -> None:
+    from .roles import (DEFAULT_BUFFER_PORT, DEFAULT_RELAY_TRAINER_BUFFER_PORT,
+                        DEFAULT_RELAY_TRAINER_WEIGHTS_PORT, DEFAULT_STATUS_INTERVAL, DEFAULT_WEIGHTS_PORT)
+    p = sub.add_parser("relay", help="forward between workers and a trainer that cannot accept connections",
+                       description=RELAY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bind", default="127.0.0.1", metavar="HOST",
+                   help="interface to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--worker-buffer-port", type=int, default=DEFAULT_BUFFER_PORT, metavar="PORT",
+                   help=f"workers send buffers here (default {DEFAULT_BUFFER_PORT})")
+    p.add_argument("--worker-weights-port", type=int, default=DEFAULT_WEIGHTS_PORT, metavar="PORT",
+                   help=f"workers get weights here (default {DEFAULT_WEIGHTS_PORT})")
+    p.add_argument("--trainer-buffer-port", type=int, default=DEFAULT_RELAY_TRAINER_BUFFER_PORT, metavar="PORT",
+                   help=f"the trainer gets buffers here (default {DEFAULT_RELAY_TRAINER_BUFFER_PORT})")
+    p.add_argument("--trainer-weights-port", type=int, default=DEFAULT_RELAY_TRAINER_WEIGHTS_PORT,
+                   metavar="PORT", help=f"the trainer sends weights here (default {DEFAULT_RELAY_TRAINER_WEIGHTS_PORT})")
+    p.add_argument("--keys", metavar="DIR", help="CURVE keys made by 'relayrl keys --relay': uses "
+                   "DIR/relay.key_secret, DIR/authorized_workers/ and DIR/trainer.key")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow plaintext on a non-loopback address (a network you trust completely)")
+    p.add_argument("--status-interval", type=_positive_float, default=DEFAULT_STATUS_INTERVAL, metavar="S",
+                   help=f"seconds between status lines (default {DEFAULT_STATUS_INTERVAL:g})")
+    p.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds (default: never)")
+    p.set_defaults(func=cmd_relay)
+
+
+def _add_keys_parser(sub) -> None:
+    p = sub.add_parser("keys", help="create CURVE keys for the trainer, workers and relay",
+                       description=KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", metavar="DIR", help="keys directory (created if missing)")
+    p.add_argument("--workers", nargs="+", default=["worker-0"], metavar="NAME",
+                   help="worker names, one key pair each (default worker-0)")
+    p.add_argument("--relay", action="store_true", help="also create the relay's key pair")
+    p.set_defaults(func=cmd_keys)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayrl", description="Asynchronous off-policy RL with "
                                      "rollout workers anywhere.")
@@ -82,6 +266,10 @@ def make_parser() -> argparse.ArgumentParser:
                            description=TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_flags(train)
     train.set_defaults(func=cmd_train)
+    _add_trainer_parser(sub)
+    _add_worker_parser(sub)
+    _add_relay_parser(sub)
+    _add_keys_parser(sub)
     return parser
 
 
@@ -96,10 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, ValueError, TypeError, TimeoutError) as exc:
+    except (ConfigError, CheckpointError, ValueError, TypeError, TimeoutError, OSError) as exc:
         if args.verbose:
             raise
-        print(f"relayrl: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the message
+        print(f"relayrl: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("relayrl: interrupted", file=sys.stderr)
