@@ -223,6 +223,11 @@ def table(title: str, series: Sequence[Series], unit: str, reference: str | None
         note += ("; CPU columns: process CPU time of the same runs (all threads), less sensitive to "
                  "other processes taking the core")
     rows.append(note + ")")
+    spread = max((s.max / s.min for s in series if s.values and s.min > 0), default=1.0)
+    if spread > 2.0:
+        rows.append(f"WARNING: unstable measurements (max/min up to {spread:.1f}x within a variant): "
+                    "other processes were competing for the cores; the ratios of this table are "
+                    "unreliable (the CPU columns and a quieter machine help)")
     return "\n".join(rows)
 
 

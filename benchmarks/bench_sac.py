@@ -274,7 +274,8 @@ def run_phase(phase: str, quick: bool, repeats: int, verbose: bool,
                         "OpenMP threads sleep instead of spinning"}[phase]
     title = {"tuned": "malloc tuned", "default": "glibc malloc defaults",
              "passive": "malloc tuned + OMP_WAIT_POLICY=PASSIVE"}[phase]
-    for threads in ((2,) if phase == "passive" else (1, 2)):
+    # glibc defaults: 1 thread only (with 2 threads, spin-wait stalls drown the malloc effect)
+    for threads in {"tuned": (1, 2), "default": (1,), "passive": (2,)}[phase]:
         torch.set_num_threads(threads)
         res = interleaved(variants, reps, log=log)
         series = list(res.values())

@@ -69,11 +69,11 @@ class LocalWorkersInterface:
 
 def run_local(config: RunConfig, progress: bool = True, print_tables: bool = True):
     """Train ``config`` with ``config.workers.count`` local worker processes; return the rows."""
-    from .roles import AccountingTrainer
-    from .trainer import actor_factory
+    from .roles import TransportAccounting
+    from .trainer import Trainer, actor_factory
     from .transport.zmq_transport import ZmqTrainerInterface
 
-    trainer = AccountingTrainer(config, progress=progress, print_tables=print_tables)
+    trainer = Trainer(config, progress=progress, print_tables=print_tables)
     if trainer.resumed_from is not None:
         log.warning("resuming %s from epoch %d", config.run_dir, trainer.resumed_from)
     if trainer.done:
@@ -89,7 +89,7 @@ def run_local(config: RunConfig, progress: bool = True, print_tables: bool = Tru
         env_steps_per_update=config.workers.env_steps_per_update,
         initial_samples=max(training.start_training, training.batch_size),
         slack_samples=config.workers.slack_samples)
-    trainer.attach(transport)  # rows get the transport's accounting (roles.TRANSPORT_STATS_KEYS)
+    trainer.row_extras = TransportAccounting(transport).row_stats  # rows get the transport's accounting (roles.TRANSPORT_STATS_KEYS)
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     processes = [

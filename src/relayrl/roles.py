@@ -257,22 +257,6 @@ class TransportAccounting:
                 "policy_version": stats["policy_version"]}
 
 
-class AccountingTrainer(Trainer):
-    """A :class:`~relayrl.trainer.Trainer` whose statistics rows also carry the transport's
-    accounting (:data:`TRANSPORT_STATS_KEYS`) once :meth:`attach` has been called."""
-
-    accounting: TransportAccounting | None = None
-
-    def attach(self, transport: "ZmqTrainerInterface") -> None:
-        self.accounting = TransportAccounting(transport)
-
-    def _log(self, row: "pd.Series", loggers, bar) -> None:
-        if self.accounting is not None:
-            for key, value in self.accounting.row_stats().items():
-                row[key] = value  # in place: the rows run() returns carry the keys too
-        super()._log(row, loggers, bar)
-
-
 # --- trainer ---------------------------------------------------------------------------------------------
 def format_trainer_status(stats: dict, samples_per_second: float, per_worker_rate: dict[str, float],
                           connections: ConnectionMonitor | None = None, max_workers_listed: int = 20) -> str:
@@ -392,7 +376,7 @@ def run_trainer(config: "RunConfig", plan: TrainerPlan, *, progress: bool = True
 
     from .transport.zmq_transport import ZmqTrainerInterface
 
-    trainer = AccountingTrainer(config, progress=progress, print_tables=print_tables)
+    trainer = Trainer(config, progress=progress, print_tables=print_tables)
     training = trainer.training
     if trainer.resumed_from is not None:
         log.warning("resuming %s from epoch %d", config.run_dir, trainer.resumed_from)
@@ -418,7 +402,7 @@ def run_trainer(config: "RunConfig", plan: TrainerPlan, *, progress: bool = True
     previous = signal.getsignal(signal.SIGTERM)
     try:
         connections = ConnectionMonitor({"buffers": transport._pull, "weights": transport._xpub})
-        trainer.attach(transport)
+        trainer.row_extras = TransportAccounting(transport).row_stats
         if plan.connect:
             where = f"joined the relay at {transport.buffer_endpoint} and {transport.weights_endpoint}"
         else:

@@ -92,6 +92,9 @@ class Trainer:
             sleep_between_buffer_retrieval_attempts=t.sleep_between_buffer_retrieval_attempts,
             profiling=t.profiling, start_training=t.start_training, device=t.device)
         self.resumed_from: int | None = None
+        #: Optional ``() -> dict`` whose items are added to every statistics row before it is
+        #: logged (the transport's per-worker accounting, for instance).
+        self.row_extras = None
         self._resume()
 
     # --- checkpoints -----------------------------------------------------------------------------
@@ -166,6 +169,9 @@ class Trainer:
         return rows
 
     def _log(self, row: pd.Series, loggers, bar) -> None:
+        if self.row_extras is not None:
+            for key, value in self.row_extras().items():
+                row[key] = value  # in place: the rows run() returns carry the keys too
         for logger in loggers:
             logger.log(row)
         if self.print_tables:
