@@ -253,6 +253,10 @@ class Options:
     e2e_epochs: int = 20
     sb3_threads: int = 0
     sb3_eval_every: int = 1000
+    e2e_set: list = field(default_factory=list)
+    """Extra relayrl config overrides for (d), as "dotted.key=value" strings."""
+    e2e_env: list = field(default_factory=list)
+    """Extra environment variables for (d)'s relayrl process, as "NAME=value" strings."""
     verbose: bool = False
     results: dict = field(default_factory=dict)
 

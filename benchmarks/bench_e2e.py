@@ -103,12 +103,24 @@ def reached(rows: list[dict], threshold: float = THRESHOLD) -> dict:
 # ------------------------------------------------------------------------------------------------
 # children
 # ------------------------------------------------------------------------------------------------
-def child_relayrl(seed: int, run_dir: str, epochs: int) -> None:
+def parse_sets(items: list[str]) -> dict:
+    """``["training.torch_threads=1", ...]`` -> ``{"training.torch_threads": 1}`` (JSON values)."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def child_relayrl(seed: int, run_dir: str, epochs: int, sets: list[str] = ()) -> None:
     from relayrl.config import RunConfig, with_overrides
     from relayrl.local import run_local
 
     cfg = with_overrides(RunConfig(), **{"run_dir": run_dir, "seed": seed, "training.epochs": epochs,
-                                         "workers.test_episode_interval": 1})
+                                         "workers.test_episode_interval": 1, **parse_sets(list(sets))})
     print(json.dumps({"config": cfg.to_dict()}), flush=True)
     try:
         run_local(cfg, progress=False, print_tables=False)
@@ -190,9 +202,16 @@ def run_relayrl(seed: int, opts: Options, log) -> dict:
         stats = os.path.join(run_dir, "stats.csv")
         launched = time.time()
         errfile = open(os.path.join(tmp, "stderr.txt"), "w+")
-        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "relayrl", "--seed", str(seed),
-                                 "--run-dir", run_dir, "--epochs", str(opts.e2e_epochs)],
-                                stdout=subprocess.DEVNULL, stderr=errfile, start_new_session=True)
+        argv = [sys.executable, os.path.abspath(__file__), "relayrl", "--seed", str(seed),
+                "--run-dir", run_dir, "--epochs", str(opts.e2e_epochs)]
+        for item in opts.e2e_set:
+            argv += ["--set", item]
+        env = dict(os.environ)
+        for item in opts.e2e_env:
+            name, _, value = item.partition("=")
+            env[name.strip()] = value
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errfile, start_new_session=True,
+                                env=env)
         seen = {"first_row": None, "five_episodes": None}
         deadline = time.monotonic() + opts.e2e_budget
         nrows = 0
@@ -289,7 +308,9 @@ def run(opts: Options) -> list[str]:
 
     lines = ["### (d) end to end, Pendulum-v1: until the mean deterministic test return >= -200", "",
              machine_header(f"set-up: relayrl = run_local(default RunConfig, "
-                            f"workers.test_episode_interval=1, epochs cap {opts.e2e_epochs}): trainer "
+                            f"workers.test_episode_interval=1, epochs cap {opts.e2e_epochs}"
+                            + "".join(f", {item}" for item in opts.e2e_set)
+                            + "".join(f", env {item}" for item in opts.e2e_env) + "): trainer "
                             "(torch threads = cores) + 2 worker processes (1 thread each); SB3 = "
                             f"SAC defaults, eval every {opts.sb3_eval_every} steps x 5 episodes, torch threads "
                             f"{(sb3_runs[0]['threads'] if sb3_runs else 'n/a')}; budget "
@@ -355,8 +376,9 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="")
     p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--set", action="append", default=[])
     a = p.parse_args()
     if a.who == "relayrl":
-        child_relayrl(a.seed, a.run_dir, a.epochs)
+        child_relayrl(a.seed, a.run_dir, a.epochs, a.set)
     else:
         child_sb3(a.seed, a.max_steps, a.budget, a.threads, a.out, a.eval_every)

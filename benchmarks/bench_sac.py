@@ -19,12 +19,13 @@ Variants, interleaved, each timed over a block of updates:
   other update does the same amount of work), on pre-sampled tensors.
 
 relayrl's ``SACAgent`` applies a process-wide ``malloc`` tuning when built (``tune_allocator``).
-Since that also speeds up whatever else runs in the process, the comparison runs twice, each time
-in a fresh process: ``malloc tuned`` (relayrl as shipped; SB3 and the bare loop profit too) and
-``glibc defaults`` (relayrl built with ``tune_allocator=False``: how SB3 and the bare loop run in
-their own programs). A third process repeats the 2-thread table with ``OMP_WAIT_POLICY=PASSIVE``:
-on a machine where other processes (rollout workers, say) keep the cores busy, OpenMP's default
-spin-waiting can make 2-thread updates many times slower than 1-thread ones.
+Since that also speeds up whatever else runs in the process, the comparison runs in three fresh
+processes: ``malloc tuned`` (relayrl as shipped; SB3 and the bare loop profit too), 1 and 2
+threads; ``glibc defaults`` (relayrl built with ``tune_allocator=False``: how SB3 and the bare loop
+run in their own programs), 1 thread; and ``malloc tuned + OMP_WAIT_POLICY=PASSIVE``, 2 threads. On
+a machine where other processes (rollout workers, say) keep the cores busy, OpenMP's default
+spin-waiting can make 2-thread updates many times slower than 1-thread ones (tables then carry a
+WARNING line: their ratios are noise); PASSIVE makes idle OpenMP threads sleep instead.
 """
 from __future__ import annotations
 

@@ -47,6 +47,12 @@ def parse(argv=None):
                    help="end-to-end: torch threads of the SB3 runs (default 0: torch's default, one per core)")
     p.add_argument("--sb3-eval-every", type=int, default=1000,
                    help="end-to-end: SB3 evaluates (5 deterministic episodes) every this many steps")
+    p.add_argument("--e2e-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="end-to-end: override a relayrl config field (dotted, e.g. "
+                        "training.torch_threads=1; repeatable) to try a setting against the default")
+    p.add_argument("--e2e-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="end-to-end: environment variable for the relayrl process (e.g. "
+                        "OMP_WAIT_POLICY=PASSIVE; repeatable)")
     p.add_argument("--json", default="", help="also write the headline numbers to this JSON file")
     p.add_argument("-v", "--verbose", action="store_true", help="print every repeat")
     p.add_argument("--in-process", action="store_true",
@@ -76,6 +82,10 @@ def child_argv(args, name: str, json_path: str) -> list[str]:
             "--repeats", str(args.repeats), "--threads", str(args.threads), "--seeds", str(args.seeds),
             "--e2e-budget", str(args.e2e_budget), "--e2e-epochs", str(args.e2e_epochs),
             "--sb3-threads", str(args.sb3_threads), "--sb3-eval-every", str(args.sb3_eval_every)]
+    for item in args.e2e_set:
+        argv += ["--e2e-set", item]
+    for item in args.e2e_env:
+        argv += ["--e2e-env", item]
     if args.quick:
         argv.append("--quick")
     if args.smoke:
@@ -90,7 +100,7 @@ def options_from(args) -> Options:
                    threads=max(1, args.threads), seeds=max(1, args.seeds),
                    e2e_budget=args.e2e_budget, e2e_epochs=args.e2e_epochs,
                    sb3_threads=args.sb3_threads, sb3_eval_every=max(1, args.sb3_eval_every),
-                   verbose=args.verbose)
+                   e2e_set=list(args.e2e_set), e2e_env=list(args.e2e_env), verbose=args.verbose)
 
 
 def main(argv=None) -> int:
