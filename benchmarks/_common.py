@@ -256,7 +256,7 @@ class Options:
     e2e_set: list = field(default_factory=list)
     """Extra relayrl config overrides for (d), as "dotted.key=value" strings."""
     e2e_env: list = field(default_factory=list)
-    """Extra environment variables for (d)'s relayrl process, as "NAME=value" strings."""
+    """Extra environment variables for (d)'s processes (both frameworks), as "NAME=value" strings."""
     verbose: bool = False
     results: dict = field(default_factory=dict)
 

@@ -240,8 +240,11 @@ def run_relayrl(seed: int, opts: Options, log) -> dict:
             if seen[key] is None and crit[key] is not None:
                 seen[key] = dict(crit[key], process=float("nan"))
         last = rows[-1] if rows else {}
+        trained = sum(_float(r.get("round_time")) for r in rows)
         return {"seed": seed, "rows": len(rows), **seen,
                 "last_env_steps": int(_float(last.get("total_samples"))) if rows else 0,
+                "last_updates": int(_float(last.get("total_updates"))) if rows else 0,
+                "train_wall": trained, "process_wall": time.time() - launched,
                 "stderr_tail": (err or "")[-2000:] if not rows else ""}
 
 
@@ -249,6 +252,9 @@ def run_sb3(seed: int, opts: Options, threads: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="relayrl-bench-e2e-sb3-") as tmp:
         out = os.path.join(tmp, "out.json")
         env = dict(os.environ, RELAYRL_BENCH_LAUNCHED=str(time.time()))
+        for item in opts.e2e_env:
+            name, _, value = item.partition("=")
+            env[name.strip()] = value
         with open(os.path.join(tmp, "stderr.txt"), "w+") as errfile:
             proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "sb3", "--seed", str(seed),
                                      "--max-steps", str(20_000), "--budget", str(opts.e2e_budget),
@@ -310,11 +316,12 @@ def run(opts: Options) -> list[str]:
              machine_header(f"set-up: relayrl = run_local(default RunConfig, "
                             f"workers.test_episode_interval=1, epochs cap {opts.e2e_epochs}"
                             + "".join(f", {item}" for item in opts.e2e_set)
-                            + "".join(f", env {item}" for item in opts.e2e_env) + "): trainer "
+                            + "): trainer "
                             "(torch threads = cores) + 2 worker processes (1 thread each); SB3 = "
                             f"SAC defaults, eval every {opts.sb3_eval_every} steps x 5 episodes, torch threads "
                             f"{(sb3_runs[0]['threads'] if sb3_runs else 'n/a')}; budget "
-                            f"{opts.e2e_budget:g} s per run; {opts.seeds} seeds"), "",
+                            f"{opts.e2e_budget:g} s per run; {opts.seeds} seeds"
+                            + "".join(f"; env {item} (both)" for item in opts.e2e_env)), "",
              "| run | seed | env steps | wall-clock s (training) | process s (from launch) | return at that point |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in relayrl_runs:
@@ -328,6 +335,16 @@ def run(opts: Options) -> list[str]:
         lines.append(f"| SB3 SAC, eval (5 episodes) >= -200 | {r['seed']} | {cell(p, 'env_steps')} | "
                      f"{cell(p, 'wall', '{:.1f}')} | {cell(p, 'process', '{:.1f}')} | "
                      f"{cell(p, 'return', '{:.1f}')} |")
+    for r in relayrl_runs:
+        if not r["first_row"] or not r["five_episodes"]:
+            lines.append(f"| relayrl seed {r['seed']}, at the stop | {r['seed']} | {r['last_env_steps']} | "
+                         f"{r['train_wall']:.1f} | {r['process_wall']:.1f} | {r['last_updates']} updates "
+                         f"in {r['rows']} rounds |")
+    for r in sb3_runs:
+        if not r["reached"] and r["evals"]:
+            p = r["evals"][-1]
+            lines.append(f"| SB3 seed {r['seed']}, last evaluation | {r['seed']} | {p['env_steps']} | "
+                         f"{p['wall']:.1f} | {p['process']:.1f} | {p['return']:.1f} |")
     lines.append("")
     summary = ["| median over seeds | env steps | wall-clock s | steps / SB3 | wall / SB3 |",
                "|---|---:|---:|---:|---:|"]

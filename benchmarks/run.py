@@ -51,7 +51,7 @@ def parse(argv=None):
                    help="end-to-end: override a relayrl config field (dotted, e.g. "
                         "training.torch_threads=1; repeatable) to try a setting against the default")
     p.add_argument("--e2e-env", action="append", default=[], metavar="NAME=VALUE",
-                   help="end-to-end: environment variable for the relayrl process (e.g. "
+                   help="end-to-end: environment variable for both frameworks' processes (e.g. "
                         "OMP_WAIT_POLICY=PASSIVE; repeatable)")
     p.add_argument("--json", default="", help="also write the headline numbers to this JSON file")
     p.add_argument("-v", "--verbose", action="store_true", help="print every repeat")

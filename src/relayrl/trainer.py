@@ -77,7 +77,7 @@ class Trainer:
         self.progress = progress
         self.print_tables = print_tables
         self.spaces = validate_env(config)
-        torch.set_num_threads(config.training.torch_threads or available_cores())
+        torch.set_num_threads(config.training.torch_threads or max(1, available_cores() - 1))
         torch.manual_seed(config.seed)
         t = config.training
         self.training = TorchTrainingOffline(
