@@ -73,7 +73,7 @@ class TrainingConfig:
     """Threads for the trainer's torch operations; 0 means one per available core minus one (at
     least 1). A core is left to the workers, the transport and the OS because torch's worker threads
     spin-wait at every operation: when another process takes one of their cores, a 2-thread update
-    on 2 cores was measured 8-80x slower, while 1 thread costs only about 1.3x on an idle machine."""
+    on 2 cores was measured 8x slower or worse, while 1 thread costs only about 1.3x on an idle machine."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "rounds", "steps", "update_model_interval", "update_buffer_interval"):
