@@ -277,6 +277,10 @@ def run_sb3(seed: int, opts: Options, threads: int) -> dict:
                 "stderr_tail": (err or "")[-2000:] if not result else ""}
 
 
+def _f(value: float, fmt: str) -> str:
+    return "n/a" if value != value else fmt.format(value)
+
+
 def _median(values):
     values = [v for v in values if v is not None and v == v]
     return statistics.median(values) if values else float("nan")
@@ -316,8 +320,8 @@ def run(opts: Options) -> list[str]:
              machine_header(f"set-up: relayrl = run_local(default RunConfig, "
                             f"workers.test_episode_interval=1, epochs cap {opts.e2e_epochs}"
                             + "".join(f", {item}" for item in opts.e2e_set)
-                            + "): trainer "
-                            "(torch threads = cores) + 2 worker processes (1 thread each); SB3 = "
+                            + "): trainer (torch threads: training.torch_threads, 0 = one per core) + "
+                            "2 worker processes (1 thread each); SB3 = "
                             f"SAC defaults, eval every {opts.sb3_eval_every} steps x 5 episodes, torch threads "
                             f"{(sb3_runs[0]['threads'] if sb3_runs else 'n/a')}; budget "
                             f"{opts.e2e_budget:g} s per run; {opts.seeds} seeds"
@@ -356,12 +360,13 @@ def run(opts: Options) -> list[str]:
         wall = _median([r[key]["wall"] if r[key] else None for r in relayrl_runs])
         n_reached = sum(1 for r in relayrl_runs if r[key])
         medians[key] = (steps, wall)
-        summary.append(f"| {label} ({n_reached}/{len(relayrl_runs)} reached) | {steps:.0f} | {wall:.1f} | "
-                       f"{steps / sb3_steps:.2f}x | {wall / sb3_wall:.2f}x |")
+        summary.append(f"| {label} ({n_reached}/{len(relayrl_runs)} reached) | {_f(steps, '{:.0f}')} | "
+                       f"{_f(wall, '{:.1f}')} | {_f(steps / sb3_steps, '{:.2f}x')} | "
+                       f"{_f(wall / sb3_wall, '{:.2f}x')} |")
     if have_sb3:
         n_reached = sum(1 for r in sb3_runs if r["reached"])
-        summary.append(f"| SB3 SAC ({n_reached}/{len(sb3_runs)} reached) | {sb3_steps:.0f} | {sb3_wall:.1f} | "
-                       "1.00 | 1.00 |")
+        summary.append(f"| SB3 SAC ({n_reached}/{len(sb3_runs)} reached) | {_f(sb3_steps, '{:.0f}')} | "
+                       f"{_f(sb3_wall, '{:.1f}')} | 1.00 | 1.00 |")
     lines += summary
     lines.append("")
     lines.append("(medians over the seeds that reached the target; a run that did not is left out and "
@@ -372,8 +377,8 @@ def run(opts: Options) -> list[str]:
         out.append("\n".join([
             target_line("(d) relayrl env steps / SB3 (first row, median)", steps / sb3_steps, "<=", 1.0),
             target_line("(d) relayrl wall-clock / SB3 (first row, median)", wall / sb3_wall, "<=", 0.5),
-            f"5-episode criterion: steps {medians['five_episodes'][0] / sb3_steps:.2f}x, wall-clock "
-            f"{medians['five_episodes'][1] / sb3_wall:.2f}x of SB3's"]))
+            f"5-episode criterion: steps {_f(medians['five_episodes'][0] / sb3_steps, '{:.2f}x')}, "
+            f"wall-clock {_f(medians['five_episodes'][1] / sb3_wall, '{:.2f}x')} of SB3's"]))
     else:
         out.insert(0, sb3_skip_note("the SB3 runs of (d)"))
     opts.results["e2e"] = {"relayrl": relayrl_runs, "sb3": sb3_runs}

@@ -96,6 +96,8 @@ def child_argv(args, name: str, json_path: str) -> list[str]:
 
 
 def options_from(args) -> Options:
+    import _common
+    _common.SMOKE = bool(args.smoke)
     return Options(quick=args.quick, smoke=args.smoke, repeats=max(1, args.repeats),
                    threads=max(1, args.threads), seeds=max(1, args.seeds),
                    e2e_budget=args.e2e_budget, e2e_epochs=args.e2e_epochs,

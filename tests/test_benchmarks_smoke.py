@@ -1,7 +1,8 @@
 """Smoke test of the benchmark suite (benchmarks/run.py): tiny settings, no timing assertions.
 
-Checks that the overhead, sampling and memory comparisons run end to end and print their tables
-(the Stable-Baselines3 rows are skipped, with a note, when SB3 is not installed)."""
+Checks that the overhead, sampling and memory comparisons run end to end and print their tables,
+with Stable-Baselines3 when it is installed and, pretending it is not, that its rows are skipped
+with a note."""
 import os
 import subprocess
 import sys
@@ -12,23 +13,40 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "benchmarks", "run.py")
 
 
+def sb3_installed() -> bool:
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_benchmarks(only: str, **env_extra) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env_extra)
+    out = subprocess.run([sys.executable, RUN, "--smoke", "--in-process", "--only", only],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "[failed]" not in out.stdout
+    return out.stdout
+
+
 @pytest.mark.skipif(not os.path.exists(RUN), reason="benchmarks/ not present")
 def test_benchmarks_run_and_print_tables():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, RUN, "--smoke", "--in-process",
-                          "--only", "overhead,sampling,memory"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
-    text = out.stdout
-    assert out.returncode == 0, text[-3000:] + out.stderr[-3000:]
+    text = run_benchmarks("overhead,sampling,memory")
     for title in ("(a) wrapper overhead", "(a') the loop's own cost", "(b) batch sampling, vector",
                   "(b) batch sampling, image", "(e) memory"):
         assert title in text, f"missing table {title!r}:\n{text[-3000:]}"
     assert "| variant | median" in text and "machine:" in text and "versions:" in text
     assert "relayrl ReplayMemory" in text and "tmrl-style" in text
-    try:
-        import stable_baselines3  # noqa: F401
-    except ImportError:
-        assert "[skipped]" in text
+    if sb3_installed():
+        assert "| SB3 ReplayBuffer" in text
     else:
-        assert "SB3 ReplayBuffer" in text
-    assert "[failed]" not in text
+        assert "[skipped]" in text
+
+
+@pytest.mark.skipif(not os.path.exists(RUN), reason="benchmarks/ not present")
+def test_sb3_rows_are_skipped_with_a_note_when_sb3_is_missing():
+    text = run_benchmarks("sampling,memory", RELAYRL_BENCH_NO_SB3="1")
+    assert "[skipped]" in text and "Stable-Baselines3 is not installed" in text
+    assert "(b) batch sampling, vector" in text and "(e) memory" in text
+    assert "| SB3 ReplayBuffer" not in text  # no table row (the skip note names it)
