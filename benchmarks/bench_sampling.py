@@ -162,6 +162,15 @@ def run(opts: Options) -> list[str]:
         memory = _fill_memory(size, image)
         cols = _columns(memory, size)
         samplers = {"relayrl ReplayMemory": memory.sample}
+        if image and hasattr(memory, "float_observations"):
+            # if this relayrl has the option: the same memory handing out uint8 observations
+            def sample_uint8(memory=memory):
+                memory.float_observations = False
+                try:
+                    return memory.sample()
+                finally:
+                    memory.float_observations = True
+            samplers["relayrl ReplayMemory, float_observations=False"] = sample_uint8
         tmrl = TmrlStyleMemory(cols, size)
         samplers["tmrl-style (re-creation)"] = tmrl.sample
         if have_sb3:
@@ -183,6 +192,7 @@ def run(opts: Options) -> list[str]:
         shape = "4x64x64 uint8" if image else "3 float32"
         raw = sum(c[:1].nbytes for c in cols.values())
         res_note = {"relayrl ReplayMemory": "float32 tensors out",
+                    "relayrl ReplayMemory, float_observations=False": "obs keep their dtype (uint8)",
                     "tmrl-style (re-creation)": "per-sample index + collate, float32 out",
                     "SB3 ReplayBuffer.sample": "obs keep their dtype" + (" (uint8)" if image else "")}
         for s in series:
