@@ -126,6 +126,10 @@ def child_relayrl(seed: int, run_dir: str, epochs: int, sets: list[str] = ()) ->
         run_local(cfg, progress=False, print_tables=False)
     except KeyboardInterrupt:
         pass
+    finally:
+        import torch  # the trainer set its thread count in this process: report it
+        with open(os.path.join(os.path.dirname(run_dir), "threads.json"), "w") as f:
+            json.dump({"torch_threads": torch.get_num_threads()}, f)
 
 
 def child_sb3(seed: int, max_steps: int, budget: float, threads: int, out_path: str,
@@ -241,10 +245,16 @@ def run_relayrl(seed: int, opts: Options, log) -> dict:
                 seen[key] = dict(crit[key], process=float("nan"))
         last = rows[-1] if rows else {}
         trained = sum(_float(r.get("round_time")) for r in rows)
+        threads = None
+        try:
+            with open(os.path.join(tmp, "threads.json")) as f:
+                threads = json.load(f)["torch_threads"]
+        except (OSError, ValueError, KeyError):
+            pass
         return {"seed": seed, "rows": len(rows), **seen,
                 "last_env_steps": int(_float(last.get("total_samples"))) if rows else 0,
                 "last_updates": int(_float(last.get("total_updates"))) if rows else 0,
-                "train_wall": trained, "process_wall": time.time() - launched,
+                "train_wall": trained, "process_wall": time.time() - launched, "threads": threads,
                 "stderr_tail": (err or "")[-2000:] if not rows else ""}
 
 
@@ -320,7 +330,9 @@ def run(opts: Options) -> list[str]:
              machine_header(f"set-up: relayrl = run_local(default RunConfig, "
                             f"workers.test_episode_interval=1, epochs cap {opts.e2e_epochs}"
                             + "".join(f", {item}" for item in opts.e2e_set)
-                            + "): trainer (torch threads: training.torch_threads, 0 = one per core) + "
+                            + "): trainer (torch threads "
+                            + ("/".join(sorted({str(r.get("threads")) for r in relayrl_runs})) or "n/a")
+                            + ", relayrl's choice unless training.torch_threads is set) + "
                             "2 worker processes (1 thread each); SB3 = "
                             f"SAC defaults, eval every {opts.sb3_eval_every} steps x 5 episodes, torch threads "
                             f"{(sb3_runs[0]['threads'] if sb3_runs else 'n/a')}; budget "

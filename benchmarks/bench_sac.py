@@ -43,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from _common import Options, interleaved, sb3_skip_note, sb3_version, table, target_line, timed  # noqa: E402
+from _common import Options, interleaved, sb3_skip_note, sb3_version, table, target_line  # noqa: E402
 
 NAME = "sac"
 BATCH = 256

@@ -16,7 +16,9 @@ Python list storage, one ``get_transition(i)`` per sampled index, and a per-samp
 (``torch.as_tensor`` per item, ``torch.stack`` per field), producing float32 tensors like
 relayrl's batch. SB3's ``sample`` returns observations in their stored dtype (images stay
 ``uint8``; relayrl converts them to float32, 4x the bytes written), with ``dones`` and
-``rewards`` as ``(B, 1)``.
+``rewards`` as ``(B, 1)``. If the installed relayrl's ``ReplayMemory`` has a
+``float_observations`` option, the image tables get a row for ``float_observations=False`` (the
+same memory handing out uint8 observations, like SB3).
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ import random
 
 import numpy as np
 
-from _common import Options, Series, calibrate, interleaved, sb3_skip_note, sb3_version, table, \
-    target_line, time_calls
+from _common import Options, calibrate, interleaved, sb3_skip_note, sb3_version, table, target_line, \
+    time_calls
 
 NAME = "sampling"
 BATCH = 256
@@ -53,8 +55,6 @@ class TmrlStyleMemory:
                 self.truncated[i])
 
     def sample(self):
-        import torch
-
         n = len(self)
         batch = [self.get_transition(self._rng.randrange(n)) for _ in range(self.batch_size)]
         return tuple(self._collate([t[k] for t in batch]) for k in range(6))
