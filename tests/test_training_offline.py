@@ -260,3 +260,91 @@ def test_state_dict_round_trip():
     a, b = t.memory.sample(), u.memory.sample()
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+
+
+# --- batch prefetch ------------------------------------------------------------------------------
+def _batches_drawn(prefetch: bool, **kwargs):
+    t = make(steps=40, update_buffer_interval=7, update_model_interval=5, batch_size=8, **kwargs)
+    t.prefetch = prefetch
+    iface = ScriptedInterface(t, per_pull=50)
+    try:
+        t.run_epoch(iface)
+    finally:
+        t.close()
+    return t, [tuple(x.clone() for x in b) for b in t.agent.batches]
+
+
+def test_prefetch_draws_the_same_batches_as_without():
+    t_off, off = _batches_drawn(False)
+    t_on, on = _batches_drawn(True)
+    assert t_on.total_updates == t_off.total_updates == 40
+    assert len(on) == len(off) == 40
+    for a, b in zip(on, off):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
+class _GuardedMemory(ReplayMemory):
+    """Fails the test if append() runs while a batch is being drawn (in another thread)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        import threading
+        self.drawing = threading.Event()
+        self.overlaps = 0
+        self.threads = set()
+
+    def sample(self):
+        import threading
+        import time as _time
+        self.threads.add(threading.current_thread().name)
+        self.drawing.set()
+        _time.sleep(0.002)   # long enough for a concurrent append to show
+        try:
+            return super().sample()
+        finally:
+            self.drawing.clear()
+
+    def append(self, buffer):
+        if self.drawing.is_set():
+            self.overlaps += 1
+        super().append(buffer)
+
+
+def test_prefetch_never_changes_the_memory_during_a_draw_even_when_waiting_for_samples():
+    # ratio cap 1 with one sample per pull: the loop waits (and pulls) after nearly every update
+    t = make(steps=40, update_buffer_interval=3, batch_size=2, max_training_steps_per_env_step=1.0,
+             memory_cls=functools.partial(_GuardedMemory, batch_size=2, capacity=1000, seed=0))
+    t.prefetch = True
+    iface = ScriptedInterface(t, per_pull=1)
+    t.run_epoch(iface)
+    t.close()
+    assert t.total_updates == 40
+    assert t.memory.overlaps == 0
+    assert any(name.startswith("relayrl-prefetch") for name in t.memory.threads)  # it did prefetch
+    assert t.total_updates <= t.total_samples
+
+
+def test_prefetch_errors_surface_in_the_loop():
+    class Broken(ReplayMemory):
+        def sample(self):
+            if getattr(self, "n", 0) >= 3:
+                raise ValueError("disk on fire")
+            self.n = getattr(self, "n", 0) + 1
+            return super().sample()
+
+    t = make(steps=10, update_buffer_interval=100, batch_size=2,
+             memory_cls=functools.partial(Broken, batch_size=2, capacity=100, seed=0))
+    iface = ScriptedInterface(t, per_pull=50)
+    with pytest.raises(ValueError, match="disk on fire"):
+        t.run_epoch(iface)
+    assert t.total_updates == 3
+    t.close()
+
+
+def test_prefetch_can_be_switched_off_from_the_config():
+    from relayrl.config import ConfigError, TrainingConfig
+
+    assert TrainingConfig().prefetch is True
+    with pytest.raises(ConfigError, match="training.prefetch"):
+        TrainingConfig(prefetch="yes")

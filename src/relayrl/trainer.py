@@ -91,6 +91,7 @@ class Trainer:
             max_training_steps_per_env_step=t.max_training_steps_per_env_step,
             sleep_between_buffer_retrieval_attempts=t.sleep_between_buffer_retrieval_attempts,
             profiling=t.profiling, start_training=t.start_training, device=t.device)
+        self.training.prefetch = t.prefetch
         self.resumed_from: int | None = None
         #: Optional ``() -> dict`` whose items are added to every statistics row before it is
         #: logged (the transport's per-worker accounting, for instance).
@@ -162,6 +163,7 @@ class Trainer:
             self._write(bar, f"interrupted: saved {path}; run the same command to resume")
             raise
         finally:
+            training.close()
             if bar is not None:
                 bar.close()
             for logger in loggers:

@@ -38,6 +38,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import Any, Callable
 
 import pandas as pd
@@ -56,7 +58,8 @@ STATS_KEYS: dict[str, str] = {
     "memory_len": "transitions the memory can sample, at the end of the round",
     "round_time": "seconds: wall-clock duration of the round, waits included",
     "idle_time": "seconds: all time spent waiting for samples in the round (gate and ratio cap)",
-    "sampling_duration": "seconds: mean time to draw one batch from the memory",
+    "sampling_duration": "seconds: mean time the loop spent getting a batch (drawing it, or waiting for "
+                         "the one prefetched while the previous update trained)",
     "training_step_duration": "seconds: mean time of one agent.train(batch) call",
     "buffer_pull_duration": "seconds: total time spent pulling buffers into the memory",
     "updates_per_second": "updates in the round / round_time",
@@ -108,7 +111,19 @@ class TrainingOffline:
     ``max_training_steps_per_env_step``, ``sleep_between_buffer_retrieval_attempts``,
     ``profiling``, ``agent_scheduler``, ``start_training`` and ``device`` (``None``: CPU here;
     :class:`TorchTrainingOffline` picks the best torch device).
+
+    Batch prefetch (class attribute :attr:`prefetch`, on by default; set it on the class or on an
+    instance, e.g. ``training.prefetch = False``): while update ``k`` trains, a background thread
+    draws the batch of update ``k + 1`` from the memory, so sampling and collating (and, on CUDA,
+    the host-to-device copy) overlap the training step. No batch is drawn ahead across a scheduled
+    pull (every ``update_buffer_interval`` updates), so those batches always see the new samples;
+    a pull made while waiting for samples (the ratio cap) waits for the batch being drawn first,
+    so the memory is never changed during a draw and a seeded run draws the same batches on every
+    run. The thread only calls ``next()`` on ``iter(memory)``: memories need no locking.
     """
+
+    prefetch: bool = True
+    """Draw the next batch in a background thread while the current one trains (see above)."""
 
     def __init__(self, env_cls=None, memory_cls=None, training_agent_cls=None, epochs: int = 10,
                  rounds: int = 50, steps: int = 2000, update_model_interval: int = 100,
@@ -162,6 +177,8 @@ class TrainingOffline:
         self.total_updates = 0
         self.total_samples = 0
         self._round: dict[str, Any] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     def _select_device(self, device):
         return "cpu" if device is None else device
@@ -199,33 +216,67 @@ class TrainingOffline:
                                "samples": 0, "episodes": [], "metrics": {}}
         self.wait_until_training_allowed(interface)
         batches = iter(self.memory)
-        for _ in range(self.steps):
-            if self.total_updates % self.update_buffer_interval == 0:
-                self.pull(interface)
-            t0 = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                raise RuntimeError(f"{type(self.memory).__name__} yielded fewer than nb_steps="
-                                   f"{self.steps} batches; its __iter__ must yield nb_steps batches")
-            t1 = time.perf_counter()
-            metrics = self.agent.train(batch)
-            t2 = time.perf_counter()
-            stats["sampling"] += t1 - t0
-            stats["training"] += t2 - t1
-            sums = stats["metrics"]
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value
-            self.total_updates += 1
-            if self.total_updates % self.update_model_interval == 0:
-                interface.broadcast_model(self.agent.get_actor())
-            self.wait_until_training_allowed(interface)
+        prefetch = bool(self.prefetch)
+        try:
+            for step in range(self.steps):
+                if self.total_updates % self.update_buffer_interval == 0:
+                    self.pull(interface)
+                t0 = time.perf_counter()
+                pending, self._pending = self._pending, None
+                try:
+                    batch = pending.result() if pending is not None else next(batches)
+                except StopIteration:
+                    raise RuntimeError(f"{type(self.memory).__name__} yielded fewer than nb_steps="
+                                       f"{self.steps} batches; its __iter__ must yield nb_steps "
+                                       "batches") from None
+                # Draw the next batch while this one trains, unless a pull is due before it: the
+                # memory does not change in between, so the batch is the one drawn without prefetch.
+                if (prefetch and step + 1 < self.steps
+                        and (self.total_updates + 1) % self.update_buffer_interval != 0):
+                    self._pending = self._prefetcher().submit(next, batches)
+                t1 = time.perf_counter()
+                metrics = self.agent.train(batch)
+                t2 = time.perf_counter()
+                stats["sampling"] += t1 - t0
+                stats["training"] += t2 - t1
+                sums = stats["metrics"]
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                self.total_updates += 1
+                if self.total_updates % self.update_model_interval == 0:
+                    interface.broadcast_model(self.agent.get_actor())
+                self.wait_until_training_allowed(interface)
+        finally:
+            self._join_prefetch()
+            self._pending = None
         return self._make_row(round_index, time.perf_counter() - started)
+
+    # --- batch prefetch --------------------------------------------------------------------------
+    def _prefetcher(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relayrl-prefetch")
+        return self._executor
+
+    def _join_prefetch(self) -> None:
+        """Wait until no batch is being drawn (the memory may be changed or saved safely after);
+        the batch drawn, or its error, stays in the future for the loop to take."""
+        pending = self._pending
+        if pending is not None:
+            futures_wait([pending])
+
+    def close(self) -> None:
+        """Stop the prefetch thread (it also ends with the process)."""
+        self._join_prefetch()
+        self._pending = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     # --- samples in, gate ------------------------------------------------------------------------
     def pull(self, interface) -> int:
         """Move newly arrived samples into the memory; return how many came."""
         t0 = time.perf_counter()
+        self._join_prefetch()  # never change the memory while a batch is being drawn from it
         buffer: Buffer = interface.retrieve_buffer()
         n = len(buffer)
         if n:
@@ -309,11 +360,14 @@ class TrainingOffline:
     # --- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Counters, agent and memory: everything a resumed run needs (no code, no pickle)."""
+        self._join_prefetch()
         return {"epoch": self.epoch, "total_updates": self.total_updates,
                 "total_samples": self.total_samples, "agent": self.agent.state_dict(),
                 "memory": self.memory.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._join_prefetch()
+        self._pending = None
         self.epoch = int(state["epoch"])
         self.total_updates = int(state["total_updates"])
         self.total_samples = int(state["total_samples"])
