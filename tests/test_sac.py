@@ -34,8 +34,20 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+_MODE = {"parallel_update": False}
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["serial", "parallel"])
+def update_mode(request):
+    """Every test runs with the serial update (SB3's order) and with the parallel one."""
+    _MODE["parallel_update"] = request.param
+    yield request.param
+    _MODE["parallel_update"] = False
+
+
 def make_agent(action_space=ACT_SPACE, **overrides) -> SACAgent:
     overrides.setdefault("hidden_sizes", SMALL)
+    overrides.setdefault("parallel_update", _MODE["parallel_update"])
     return SACAgent(OBS_SPACE, action_space, device="cpu", **overrides)
 
 
@@ -99,7 +111,7 @@ def test_unbounded_action_space_is_refused():
 @pytest.mark.parametrize("field, value", [
     ("gamma", 1.5), ("polyak", -0.1), ("lr_actor", 0.0), ("betas", (0.9,)), ("betas", (0.9, 1.0)),
     ("weight_decay", -1.0), ("hidden_sizes", ()), ("hidden_sizes", (64, 0)), ("alpha", 0.0),
-    ("target_update_interval", 0), ("target_entropy", float("nan")),
+    ("target_update_interval", 0), ("target_entropy", float("nan")), ("parallel_update", "yes"),
 ])
 def test_config_validation_names_the_bad_value(field, value):
     with pytest.raises(ValueError, match=f"SACConfig.{field}="):
@@ -375,3 +387,80 @@ def test_get_actor_is_the_trained_policy():
     agent.train(make_batch())
     after = agent.get_actor().weights()
     assert any(not np.array_equal(before[k], after[k]) for k in before)
+
+
+# --- the parallel update ---------------------------------------------------------------------------
+def _generator_like(generator: torch.Generator) -> torch.Generator:
+    g = torch.Generator()
+    g.set_state(generator.get_state())
+    return g
+
+
+@pytest.mark.parametrize("learn_alpha", [True, False])
+def test_parallel_update_is_the_sac_update_from_the_parameters_at_its_start(learn_alpha):
+    """One parallel update equals, bit for bit: the target and the actor/entropy step computed from
+    the parameters at the start, then the critic step, then the polyak update."""
+    torch.manual_seed(0)
+    agent = make_agent(parallel_update=True, learn_entropy_coef=learn_alpha)
+    ref = make_agent(parallel_update=False, learn_entropy_coef=learn_alpha)
+    for _ in range(2):  # a few updates first, so the optimisers have state
+        agent.train(make_batch(seed=_))
+    ref.load_state_dict(copy.deepcopy(agent.state_dict()))  # (optimiser step counters are tensors)
+    g_target, g_policy = _generator_like(agent._gen_target), _generator_like(agent._gen_policy)
+    obs, act, rew, next_obs, term, trunc = make_batch(seed=5)
+
+    alpha = ref._alpha()
+    target = ref.compute_target(rew, next_obs, term, alpha, g_target)
+    critic_before = copy.deepcopy(ref.critic.state_dict())
+    ref._actor_backward(obs, alpha, g_policy)
+    ref._actor_step()
+    q, loss = ref._critic_loss(obs, act, target)
+    ref.critic_optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ref.critic_optimizer.step()
+    ref._after_critic_step()
+    assert not all(torch.equal(critic_before[k], v) for k, v in ref.critic.state_dict().items())
+
+    metrics = agent.train((obs, act, rew, next_obs, term, trunc))
+    for module in ("actor", "critic", "critic_target"):
+        own, other = getattr(agent, module).state_dict(), getattr(ref, module).state_dict()
+        for name in own:
+            assert torch.equal(own[name], other[name]), (module, name)
+    assert torch.equal(agent.log_alpha, ref.log_alpha)
+    assert metrics["loss_critic"] == pytest.approx(float(loss.detach()), rel=1e-6)
+
+
+def test_parallel_update_is_reproducible_with_a_seed():
+    def run():
+        torch.manual_seed(3)
+        agent = make_agent(parallel_update=True)
+        return [agent.train(make_batch(seed=i)) for i in range(10)], agent.actor.state_dict()
+
+    (m1, a1), (m2, a2) = run(), run()
+    assert m1 == m2
+    assert all(torch.equal(a1[k], a2[k]) for k in a1)
+
+
+def test_parallel_update_errors_surface_and_leave_no_thread_running():
+    agent = make_agent(parallel_update=True)
+    agent.train(make_batch())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("critic side failed")
+
+    agent._critic_loss = broken
+    with pytest.raises(RuntimeError, match="critic side failed"):
+        agent.train(make_batch())
+    del agent._critic_loss
+    agent.train(make_batch())  # still usable
+    agent.close()
+
+
+def test_parallel_update_default_follows_the_device_and_cores(monkeypatch):
+    import relayrl.algorithms.sac as sac
+
+    monkeypatch.setattr(sac, "available_cores", lambda: 2)
+    assert SACAgent(OBS_SPACE, ACT_SPACE, hidden_sizes=SMALL).parallel_update is True
+    monkeypatch.setattr(sac, "available_cores", lambda: 1)
+    assert SACAgent(OBS_SPACE, ACT_SPACE, hidden_sizes=SMALL).parallel_update is False
+    assert SACAgent(OBS_SPACE, ACT_SPACE, hidden_sizes=SMALL, parallel_update=True).parallel_update

@@ -123,3 +123,12 @@ def test_interrupt_saves_a_partial_checkpoint(tmp_path):
         trainer.run(Interrupting(trainer.training, per_pull=10))
     resumed = Trainer(cfg, progress=False, print_tables=False)
     assert resumed.training.total_updates == 12 and resumed.training.epoch == 1
+
+
+def test_default_torch_threads_leave_a_core_and_split_for_the_parallel_update(monkeypatch):
+    import relayrl.trainer as trainer_module
+
+    for cores, serial, parallel in ((1, 1, 1), (2, 1, 1), (4, 3, 1), (8, 7, 3)):
+        monkeypatch.setattr(trainer_module, "available_cores", lambda c=cores: c)
+        assert trainer_module.default_torch_threads(False) == serial
+        assert trainer_module.default_torch_threads(True) == parallel

@@ -73,10 +73,11 @@ class TrainingConfig:
     """Draw the next batch in a background thread while the current update trains (the batches are
     the same as without it; see ``TrainingOffline.prefetch``)."""
     torch_threads: int = 0
-    """Threads for the trainer's torch operations; 0 means one per available core minus one (at
-    least 1). A core is left to the workers, the transport and the OS because torch's worker threads
-    spin-wait at every operation: when another process takes one of their cores, a 2-thread update
-    on 2 cores was measured 8x slower or worse, while 1 thread costs only about 1.3x on an idle machine."""
+    """Threads for the trainer's torch operations; 0 means automatic: one core is left to the
+    workers, the transport and the OS (torch's threads spin-wait at every operation, and when
+    another process took one of their cores a 2-thread update on 2 cores was measured 8x slower or
+    worse), and with SAC's parallel update (two threads, one per step) each thread gets half of the
+    remaining cores, at least 1. On 2 cores: 1."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "rounds", "steps", "update_model_interval", "update_buffer_interval"):

@@ -31,6 +31,7 @@ from .checkpoint import CheckpointError, load_latest, save_checkpoint
 from .config import RunConfig
 from .loggers import CsvLogger, JsonlLogger, TensorBoardLogger, format_table
 from .memory import ReplayMemory
+from .system import available_cores
 from .training_offline import TorchTrainingOffline
 from .worker import make_env
 
@@ -61,11 +62,12 @@ def actor_factory(config: RunConfig):
     return functools.partial(MLPActor, hidden_sizes=tuple(config.sac.hidden_sizes))
 
 
-def available_cores() -> int:
-    """Cores this process may run on (respects CPU affinity and container limits)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+def default_torch_threads(parallel_update: bool) -> int:
+    """The trainer's torch threads when ``training.torch_threads`` is 0: one core is left to the
+    workers, the transport and the OS, and a SAC agent that runs its critic and actor steps in two
+    threads (``SACConfig.parallel_update``) gets half of the rest for each of them."""
+    spare = max(1, available_cores() - 1)
+    return max(1, spare // 2) if parallel_update else spare
 
 
 class Trainer:
@@ -77,7 +79,6 @@ class Trainer:
         self.progress = progress
         self.print_tables = print_tables
         self.spaces = validate_env(config)
-        torch.set_num_threads(config.training.torch_threads or max(1, available_cores() - 1))
         torch.manual_seed(config.seed)
         t = config.training
         self.training = TorchTrainingOffline(
@@ -92,6 +93,9 @@ class Trainer:
             sleep_between_buffer_retrieval_attempts=t.sleep_between_buffer_retrieval_attempts,
             profiling=t.profiling, start_training=t.start_training, device=t.device)
         self.training.prefetch = t.prefetch
+        self.torch_threads = t.torch_threads or default_torch_threads(
+            getattr(self.training.agent, "parallel_update", False))
+        torch.set_num_threads(self.torch_threads)
         self.resumed_from: int | None = None
         #: Optional ``() -> dict`` whose items are added to every statistics row before it is
         #: logged (the transport's per-worker accounting, for instance).

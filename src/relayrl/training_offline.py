@@ -265,12 +265,16 @@ class TrainingOffline:
             futures_wait([pending])
 
     def close(self) -> None:
-        """Stop the prefetch thread (it also ends with the process)."""
+        """Stop the prefetch thread and the agent's threads, if it has a ``close()`` (they also end
+        with the process). The instance stays usable: threads start again when needed."""
         self._join_prefetch()
         self._pending = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        close = getattr(self.agent, "close", None)
+        if callable(close):
+            close()
 
     # --- samples in, gate ------------------------------------------------------------------------
     def pull(self, interface) -> int:
