@@ -262,6 +262,8 @@ class Options:
     """Extra relayrl config overrides for (d), as "dotted.key=value" strings."""
     e2e_env: list = field(default_factory=list)
     """Extra environment variables for (d)'s processes (both frameworks), as "NAME=value" strings."""
+    learning_seeds: int = 5
+    learning_steps: int = 6000
     verbose: bool = False
     results: dict = field(default_factory=dict)
 

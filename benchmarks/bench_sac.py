@@ -7,9 +7,13 @@ coefficient tuned automatically from 1.0 towards -dim(A), one target update per 
 
 Variants, interleaved, each timed over a block of updates:
 
-* ``relayrl SACAgent.train (pre-sampled)``: ``agent.train(batch)`` on a pool of batches drawn beforehand;
+* ``relayrl SACAgent.train (pre-sampled)``: ``agent.train(batch)`` on a pool of batches drawn
+  beforehand, with ``parallel_update=False`` (the steps in SB3's order, one thread of Python);
 * ``relayrl memory.sample + train``: ``agent.train(memory.sample())``, the like-for-like match of
   SB3's ``train``, which samples its replay buffer inside (this is the row the target uses);
+* ``relayrl parallel update`` (1-thread table of the tuned phase only): the same with
+  ``parallel_update=True`` (relayrl's default on 2+ cores): the critic step and the actor step run at
+  once in two threads with one torch thread each, so it uses 2 cores like the 2-thread rows;
 * ``SB3 SAC.train``: ``model.train(gradient_steps=N, batch_size=256)`` on a replay buffer holding
   10,000 transitions (SB3 is the reference of the ratios);
 * ``bare CleanRL-style``: written for this benchmark after CleanRL's ``sac_continuous_action.py``:
@@ -150,6 +154,18 @@ def make_bare(obs_dim: int, act_dim: int, low: np.ndarray, high: np.ndarray):
                 target_param.data.copy_(TAU * param.data + (1 - TAU) * target_param.data)
         return qf_loss.item(), actor_loss.item()
 
+    def act(obs, test: bool = False):
+        """One environment action for one observation (for the learning-curve benchmark)."""
+        with torch.no_grad():
+            x = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)
+            if test:
+                mean, _ = actor(x)
+                action = torch.tanh(mean) * actor.action_scale + actor.action_bias
+            else:
+                action, _ = actor.get_action(x)
+            return action.reshape(-1).numpy()
+
+    update.act = act
     return update
 
 
@@ -208,8 +224,10 @@ def run_phase(phase: str, quick: bool, repeats: int, verbose: bool,
     data = pendulum_data(10_000)
     config = SACConfig(gamma=GAMMA, polyak=1 - TAU, lr_actor=LR, lr_critic=LR, lr_entropy=LR,
                        hidden_sizes=HIDDEN, learn_entropy_coef=True, initial_alpha=1.0,
-                       tune_allocator=(phase != "default"))
+                       tune_allocator=(phase != "default"), parallel_update=False)
     agent = SACAgent(obs_space, act_space, device="cpu", config=config)
+    # the parallel update: critic and actor steps at once, in two threads (one core each)
+    agent_par = SACAgent(obs_space, act_space, device="cpu", config=config, parallel_update=True)
     memory = ReplayMemory(nb_steps=1, batch_size=BATCH, capacity=len(data["rew"]), seed=0)
     memory.append(Buffer(**data))
     pool = [memory.sample() for _ in range(32)]
@@ -250,6 +268,10 @@ def run_phase(phase: str, quick: bool, repeats: int, verbose: bool,
         for _ in range(chunk):
             agent.train(memory.sample())
 
+    def relayrl_par_mem():
+        for _ in range(chunk):
+            agent_par.train(memory.sample())
+
     def sb3():
         model.train(gradient_steps=chunk, batch_size=BATCH)
 
@@ -278,7 +300,13 @@ def run_phase(phase: str, quick: bool, repeats: int, verbose: bool,
     # glibc defaults: 1 thread only (with 2 threads, spin-wait stalls drown the malloc effect)
     for threads in {"tuned": (1, 2), "default": (1,), "passive": (2,)}[phase]:
         torch.set_num_threads(threads)
-        res = interleaved(variants, reps, log=log)
+        these = dict(variants)
+        if threads == 1 and phase == "tuned":
+            # one torch thread per side: 2 cores in all, like the 2-thread rows (more torch threads
+            # per side would oversubscribe 2 cores)
+            these = {"relayrl parallel update, memory.sample + train (2 threads: 1 per side)":
+                     rate(relayrl_par_mem), **variants}
+        res = interleaved(these, reps, log=log)
         series = list(res.values())
         extra = (f"set-up: {label}; {n} updates (or {budget:g} s) per measurement; batch {BATCH}, hidden {HIDDEN}, "
                  f"lr {LR}, gamma {GAMMA}, tau {TAU}, auto entropy; torch threads {threads}")
@@ -300,6 +328,15 @@ def run_phase(phase: str, quick: bool, repeats: int, verbose: bool,
             else:
                 out.append(f"relayrl (tune_allocator=False, sample + train) / SB3, {threads} thread(s): "
                            f"{ratio:.3f}x (pre-sampled {ratio_pre:.3f}x; CPU-time ratio {cpu_ratio:.3f})")
+        par_key = "relayrl parallel update, memory.sample + train (2 threads: 1 per side)"
+        if par_key in meds:
+            results["sac_parallel_updates_per_s"] = meds[par_key]
+            if have_sb3:
+                results["sac_parallel_over_sb3_1t"] = meds[par_key] / meds["SB3 SAC.train"]
+                out.append(f"relayrl parallel update / SB3 SAC.train on 1 torch thread: "
+                           f"{meds[par_key] / meds['SB3 SAC.train']:.3f}x; / relayrl serial: "
+                           f"{meds[par_key] / meds['relayrl memory.sample + train']:.3f}x (the parallel "
+                           "update uses 2 cores; compare it with the 2-thread table's SB3 row too)")
         bare_ratio = meds["relayrl SACAgent.train (pre-sampled)"] / meds["bare CleanRL-style (pre-sampled)"]
         out.append(f"relayrl / bare CleanRL-style (both pre-sampled), {threads} thread(s): {bare_ratio:.3f}x")
     env.close()

@@ -20,9 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import Options  # noqa: E402
 
-ORDER = ["overhead", "sampling", "sac", "memory", "e2e"]
+ORDER = ["overhead", "sampling", "sac", "memory", "e2e", "learning"]
 MODULES = {"overhead": "bench_overhead", "sampling": "bench_sampling", "sac": "bench_sac",
-           "memory": "bench_memory", "e2e": "bench_e2e"}
+           "memory": "bench_memory", "e2e": "bench_e2e", "learning": "bench_learning"}
 
 
 def parse(argv=None):
@@ -53,6 +53,10 @@ def parse(argv=None):
     p.add_argument("--e2e-env", action="append", default=[], metavar="NAME=VALUE",
                    help="end-to-end: environment variable for both frameworks' processes (e.g. "
                         "OMP_WAIT_POLICY=PASSIVE; repeatable)")
+    p.add_argument("--learning-seeds", type=int, default=5,
+                   help="learning curves: seeds per implementation (default 5)")
+    p.add_argument("--learning-steps", type=int, default=6000,
+                   help="learning curves: environment steps per run (default 6000)")
     p.add_argument("--json", default="", help="also write the headline numbers to this JSON file")
     p.add_argument("-v", "--verbose", action="store_true", help="print every repeat")
     p.add_argument("--in-process", action="store_true",
@@ -81,7 +85,8 @@ def child_argv(args, name: str, json_path: str) -> list[str]:
     argv = [sys.executable, os.path.abspath(__file__), "--child", name, "--child-json", json_path,
             "--repeats", str(args.repeats), "--threads", str(args.threads), "--seeds", str(args.seeds),
             "--e2e-budget", str(args.e2e_budget), "--e2e-epochs", str(args.e2e_epochs),
-            "--sb3-threads", str(args.sb3_threads), "--sb3-eval-every", str(args.sb3_eval_every)]
+            "--sb3-threads", str(args.sb3_threads), "--sb3-eval-every", str(args.sb3_eval_every),
+            "--learning-seeds", str(args.learning_seeds), "--learning-steps", str(args.learning_steps)]
     for item in args.e2e_set:
         argv += ["--e2e-set", item]
     for item in args.e2e_env:
@@ -102,7 +107,9 @@ def options_from(args) -> Options:
                    threads=max(1, args.threads), seeds=max(1, args.seeds),
                    e2e_budget=args.e2e_budget, e2e_epochs=args.e2e_epochs,
                    sb3_threads=args.sb3_threads, sb3_eval_every=max(1, args.sb3_eval_every),
-                   e2e_set=list(args.e2e_set), e2e_env=list(args.e2e_env), verbose=args.verbose)
+                   e2e_set=list(args.e2e_set), e2e_env=list(args.e2e_env),
+                   learning_seeds=max(1, args.learning_seeds), learning_steps=max(500, args.learning_steps),
+                   verbose=args.verbose)
 
 
 def main(argv=None) -> int:

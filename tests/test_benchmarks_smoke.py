@@ -50,3 +50,19 @@ def test_sb3_rows_are_skipped_with_a_note_when_sb3_is_missing():
     assert "[skipped]" in text and "Stable-Baselines3 is not installed" in text
     assert "(b) batch sampling, vector" in text and "(e) memory" in text
     assert "| SB3 ReplayBuffer" not in text  # no table row (the skip note names it)
+
+
+@pytest.mark.skipif(not os.path.exists(RUN), reason="benchmarks/ not present")
+def test_learning_curve_benchmark_runs_and_its_test_is_exact():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        from bench_learning import permutation_p
+    finally:
+        sys.path.pop(0)
+    assert permutation_p([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
+    # completely separated groups of 3: only the 2 extreme splits of C(6,3) = 20 are as extreme
+    assert permutation_p([1.0, 2.0, 3.0], [10.0, 11.0, 12.0]) == pytest.approx(2 / 20)
+    text = run_benchmarks("learning")
+    assert "### learning curves" in text
+    for variant in ("bare", "relayrl serial", "relayrl parallel"):
+        assert f"| {variant} |" in text
