@@ -85,3 +85,14 @@ def test_import_has_no_side_effects(tmp_path):
                          cwd=tmp_path, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
     assert list(tmp_path.iterdir()) == []  # nothing created in HOME or the working directory
+
+
+def test_print_config_writes_toml_that_config_reads_back(tmp_path, capsys):
+    assert main(["train", "--print-config", "--epochs", "7", "--seed", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "prefetch = true" in text and "# device =" in text  # TOML booleans; None left out
+    path = tmp_path / "printed.toml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--print-config"]) == 0
+    assert capsys.readouterr().out == text
+    assert load_config(path).training.epochs == 7

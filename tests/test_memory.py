@@ -90,6 +90,23 @@ def test_image_observations_keep_dtype():
     m.append(b)
     assert m._columns["obs"].dtype == np.uint8
     assert m.sample().obs.shape == (3, 4, 8, 8)
+    assert m.sample().obs.dtype == torch.float32
+
+
+def test_float_observations_off_hands_out_stored_dtype():
+    obs = np.random.default_rng(0).integers(0, 255, (6, 4, 8, 8), dtype=np.uint8)
+    b = Buffer(obs=obs, act=np.zeros((6, 2), np.float32), rew=np.arange(6, dtype=np.float32),
+               next_obs=obs.copy(), terminated=np.zeros(6, bool), truncated=np.zeros(6, bool))
+    as_float = ReplayMemory(nb_steps=1, batch_size=3, capacity=50, seed=0)
+    as_stored = ReplayMemory(nb_steps=1, batch_size=3, capacity=50, seed=0, float_observations=False)
+    as_float.append(b)
+    as_stored.append(b)
+    f, u = as_float.sample(), as_stored.sample()
+    assert u.obs.dtype == torch.uint8 and u.next_obs.dtype == torch.uint8
+    assert u.rew.dtype == torch.float32 and u.terminated.dtype == torch.float32
+    assert torch.equal(u.obs.float(), f.obs) and torch.equal(u.rew, f.rew)
+    with pytest.raises(TypeError, match="float_observations"):
+        ReplayMemory(nb_steps=1, float_observations="no")
 
 
 def test_mismatched_shapes_are_refused():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -76,16 +77,33 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     })
 
 
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return repr(value)
+
+
+def _toml_line(key: str, value) -> str:
+    if value is None:  # TOML has no null: leave the field out to keep its automatic default
+        return f"# {key} = (unset: the automatic default)"
+    return f"{key} = {_toml_value(value)}"
+
+
 def _print_config(config: RunConfig) -> None:
+    """The configuration as a TOML file that ``--config`` reads back."""
     data = config.to_dict()
     for key, value in data.items():
         if not isinstance(value, dict):
-            print(f"{key} = {value!r}")
+            print(_toml_line(key, value))
     for key, value in data.items():
         if isinstance(value, dict):
             print(f"\n[{key}]")
             for k, v in value.items():
-                print(f"{k} = {v!r}")
+                print(_toml_line(k, v))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -91,14 +91,22 @@ class ReplayMemory(Memory):
         Transitions kept; the oldest are overwritten first.
     seed:
         Seed of the sampling generator (``None``: fresh entropy).
+    float_observations:
+        ``True`` (default): ``obs`` and ``next_obs`` come out as float32 like every other field.
+        ``False``: they keep their stored dtype (``uint8`` images stay 1 byte per pixel, 4x fewer
+        bytes to gather and copy to the device); the network then converts (and scales) them.
 
     Storage is allocated on the first ``append`` from the buffer's shapes and dtypes (observations
-    keep their dtype, so ``uint8`` images stay 1 byte per pixel); batches are float32 tensors.
+    keep their dtype, so ``uint8`` images stay 1 byte per pixel); batches are float32 tensors,
+    except the observations when ``float_observations`` is false.
     """
 
     def __init__(self, nb_steps: int, device: str | torch.device = "cpu", batch_size: int = 256,
-                 capacity: int = 1_000_000, seed: int | None = None):
+                 capacity: int = 1_000_000, seed: int | None = None, float_observations: bool = True):
         super().__init__(nb_steps, device, batch_size, capacity)
+        if not isinstance(float_observations, bool):
+            raise TypeError(f"float_observations must be True or False, got {float_observations!r}")
+        self.float_observations = float_observations
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._columns: dict[str, np.ndarray] | None = None
@@ -160,10 +168,11 @@ class ReplayMemory(Memory):
     def collate(self, indices: np.ndarray) -> Batch:
         """Gather ``indices`` from every column at once and move the batch to the device."""
         tensors = []
+        keep_obs_dtype = not self.float_observations
         for name in TRANSITION_FIELDS:
             array = self._columns[name][indices]
             tensor = torch.from_numpy(array)
-            if tensor.dtype != torch.float32:
+            if tensor.dtype != torch.float32 and not (keep_obs_dtype and name in ("obs", "next_obs")):
                 tensor = tensor.to(torch.float32)
             if self.device.type != "cpu":
                 if self._pin:

@@ -116,10 +116,11 @@ class TrainingOffline:
     instance, e.g. ``training.prefetch = False``): while update ``k`` trains, a background thread
     draws the batch of update ``k + 1`` from the memory, so sampling and collating (and, on CUDA,
     the host-to-device copy) overlap the training step. No batch is drawn ahead across a scheduled
-    pull (every ``update_buffer_interval`` updates), so those batches always see the new samples;
-    a pull made while waiting for samples (the ratio cap) waits for the batch being drawn first,
-    so the memory is never changed during a draw and a seeded run draws the same batches on every
-    run. The thread only calls ``next()`` on ``iter(memory)``: memories need no locking.
+    pull (every ``update_buffer_interval`` updates), so those batches see the new samples exactly
+    as without prefetch. A pull made while waiting for samples (the ratio cap) first waits for the
+    batch being drawn, which then comes from the memory as it was before that pull: the memory is
+    never changed during a draw, and a seeded run draws the same batches on every run. The thread
+    only calls ``next()`` on ``iter(memory)``: memories need no locking.
     """
 
     prefetch: bool = True
