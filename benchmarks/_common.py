@@ -263,7 +263,7 @@ class Options:
     e2e_env: list = field(default_factory=list)
     """Extra environment variables for (d)'s processes (both frameworks), as "NAME=value" strings."""
     learning_seeds: int = 5
-    learning_steps: int = 6000
+    learning_steps: int = 5000
     verbose: bool = False
     results: dict = field(default_factory=dict)
 

@@ -5,7 +5,8 @@ networks, gamma 0.99, tau 0.005, alpha tuned from 1.0 towards -dim(A)) train on 
 same synchronous loop, one seed after the other, the variants interleaved:
 
 * ``bare``: the plain CleanRL-style update of ``bench_sac.py`` (two ``nn.Linear`` critics, plain
-  Adam, a Python polyak loop): the code *before* the optimisations;
+  Adam, a Python polyak loop, one backward per loss) computing the same losses (SB3's
+  formulation): the code *before* the optimisations;
 * ``relayrl serial``: ``SACAgent(parallel_update=False)``: batched critic ensemble, fused Adam,
   foreach polyak, one backward for the actor and alpha, SB3's order of steps;
 * ``relayrl parallel``: ``SACAgent(parallel_update=True)``: the same with the critic step and the

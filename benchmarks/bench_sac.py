@@ -16,11 +16,13 @@ Variants, interleaved, each timed over a block of updates:
   once in two threads with one torch thread each, so it uses 2 cores like the 2-thread rows;
 * ``SB3 SAC.train``: ``model.train(gradient_steps=N, batch_size=256)`` on a replay buffer holding
   10,000 transitions (SB3 is the reference of the ratios);
-* ``bare CleanRL-style``: written for this benchmark after CleanRL's ``sac_continuous_action.py``:
-  two separate ``QNetwork`` critics and their targets, ``torch.distributions.Normal`` policy, plain
-  ``torch.optim.Adam`` (default settings: single-tensor on CPU), a per-parameter polyak loop, one
-  actor and one alpha step per update (CleanRL's ``policy_frequency=2`` with two actor steps every
-  other update does the same amount of work), on pre-sampled tensors.
+* ``bare CleanRL-style``: written for this benchmark in the style of CleanRL's
+  ``sac_continuous_action.py``: two separate ``QNetwork`` critics and their targets,
+  ``torch.distributions.Normal`` policy, plain ``torch.optim.Adam`` (default settings:
+  single-tensor on CPU), a per-parameter polyak loop, one actor and one alpha step per update
+  (CleanRL's ``policy_frequency=2`` with two actor steps every other update does the same amount of
+  work), on pre-sampled tensors; its losses are SB3's formulation (the one relayrl implements), so
+  it is also the "before the optimisations" version in ``bench_learning.py``.
 
 relayrl's ``SACAgent`` applies a process-wide ``malloc`` tuning when built (``tune_allocator``).
 Since that also speeds up whatever else runs in the process, the comparison runs in three fresh
@@ -59,11 +61,19 @@ LR, GAMMA, TAU = 3e-4, 0.99, 0.005
 # the bare CleanRL-style update (written for this benchmark)
 # ------------------------------------------------------------------------------------------------
 def make_bare(obs_dim: int, act_dim: int, low: np.ndarray, high: np.ndarray):
+    """A plain SAC update in the style of CleanRL's ``sac_continuous_action.py`` (separate
+    ``nn.Linear`` critics and targets, ``torch.distributions.Normal``, plain Adam, a per-parameter
+    polyak loop, one backward per loss), computing the losses of SB3's formulation, which relayrl's
+    ``SACAgent`` implements too: critics and policy work in the squashed action space [-1, 1],
+    log-std clamped to [-20, 2], tanh correction ``log(1 - tanh(u)^2 + 1e-6)``, entropy-coefficient
+    loss on ``log_alpha``. It is the "before the optimisations" version of relayrl's update."""
     import torch
     import torch.nn.functional as F
     from torch import nn
 
-    LOG_STD_MAX, LOG_STD_MIN = 2.0, -5.0
+    LOG_STD_MAX, LOG_STD_MIN = 2.0, -20.0
+    scale = torch.tensor((high - low) / 2.0, dtype=torch.float32)
+    bias = torch.tensor((high + low) / 2.0, dtype=torch.float32)
 
     class QNetwork(nn.Module):
         def __init__(self):
@@ -85,28 +95,22 @@ def make_bare(obs_dim: int, act_dim: int, low: np.ndarray, high: np.ndarray):
             self.fc2 = nn.Linear(HIDDEN[0], HIDDEN[1])
             self.fc_mean = nn.Linear(HIDDEN[1], act_dim)
             self.fc_logstd = nn.Linear(HIDDEN[1], act_dim)
-            self.register_buffer("action_scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
-            self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
 
         def forward(self, x):
             x = F.relu(self.fc1(x))
             x = F.relu(self.fc2(x))
             mean = self.fc_mean(x)
-            log_std = torch.tanh(self.fc_logstd(x))
-            log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+            log_std = torch.clamp(self.fc_logstd(x), LOG_STD_MIN, LOG_STD_MAX)
             return mean, log_std
 
         def get_action(self, x):
+            """A squashed action in [-1, 1] and its log-probability."""
             mean, log_std = self(x)
-            std = log_std.exp()
-            normal = torch.distributions.Normal(mean, std)
+            normal = torch.distributions.Normal(mean, log_std.exp())
             x_t = normal.rsample()
             y_t = torch.tanh(x_t)
-            action = y_t * self.action_scale + self.action_bias
-            log_prob = normal.log_prob(x_t)
-            log_prob -= torch.log(self.action_scale * (1 - y_t.pow(2)) + 1e-6)
-            log_prob = log_prob.sum(1, keepdim=True)
-            return action, log_prob
+            log_prob = normal.log_prob(x_t) - torch.log(1 - y_t.pow(2) + 1e-6)
+            return y_t, log_prob.sum(1, keepdim=True)
 
     actor = Actor()
     qf1, qf2, qf1_target, qf2_target = QNetwork(), QNetwork(), QNetwork(), QNetwork()
@@ -121,6 +125,7 @@ def make_bare(obs_dim: int, act_dim: int, low: np.ndarray, high: np.ndarray):
 
     def update(obs, actions, rewards, next_obs, dones):
         alpha = state["alpha"]
+        actions = (actions - bias) / scale  # environment units -> [-1, 1]
         with torch.no_grad():
             next_state_actions, next_state_log_pi = actor.get_action(next_obs)
             qf1_next_target = qf1_target(next_obs, next_state_actions)
@@ -129,7 +134,7 @@ def make_bare(obs_dim: int, act_dim: int, low: np.ndarray, high: np.ndarray):
             next_q_value = rewards.flatten() + (1 - dones.flatten()) * GAMMA * min_qf_next_target.view(-1)
         qf1_a_values = qf1(obs, actions).view(-1)
         qf2_a_values = qf2(obs, actions).view(-1)
-        qf_loss = F.mse_loss(qf1_a_values, next_q_value) + F.mse_loss(qf2_a_values, next_q_value)
+        qf_loss = 0.5 * (F.mse_loss(qf1_a_values, next_q_value) + F.mse_loss(qf2_a_values, next_q_value))
         q_optimizer.zero_grad()
         qf_loss.backward()
         q_optimizer.step()
@@ -141,7 +146,7 @@ def make_bare(obs_dim: int, act_dim: int, low: np.ndarray, high: np.ndarray):
         actor_loss.backward()
         actor_optimizer.step()
 
-        alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+        alpha_loss = -(log_alpha * (log_pi.detach() + target_entropy)).mean()
         a_optimizer.zero_grad()
         alpha_loss.backward()
         a_optimizer.step()
@@ -159,11 +164,10 @@ def make_bare(obs_dim: int, act_dim: int, low: np.ndarray, high: np.ndarray):
         with torch.no_grad():
             x = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)
             if test:
-                mean, _ = actor(x)
-                action = torch.tanh(mean) * actor.action_scale + actor.action_bias
+                squashed = torch.tanh(actor(x)[0])
             else:
-                action, _ = actor.get_action(x)
-            return action.reshape(-1).numpy()
+                squashed, _ = actor.get_action(x)
+            return (squashed * scale + bias).reshape(-1).numpy()
 
     update.act = act
     return update

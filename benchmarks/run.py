@@ -55,8 +55,8 @@ def parse(argv=None):
                         "OMP_WAIT_POLICY=PASSIVE; repeatable)")
     p.add_argument("--learning-seeds", type=int, default=5,
                    help="learning curves: seeds per implementation (default 5)")
-    p.add_argument("--learning-steps", type=int, default=6000,
-                   help="learning curves: environment steps per run (default 6000)")
+    p.add_argument("--learning-steps", type=int, default=5000,
+                   help="learning curves: environment steps per run (default 5000)")
     p.add_argument("--json", default="", help="also write the headline numbers to this JSON file")
     p.add_argument("-v", "--verbose", action="store_true", help="print every repeat")
     p.add_argument("--in-process", action="store_true",
