@@ -90,7 +90,7 @@ def test_import_has_no_side_effects(tmp_path):
 def test_print_config_writes_toml_that_config_reads_back(tmp_path, capsys):
     assert main(["train", "--print-config", "--epochs", "7", "--seed", "3"]) == 0
     text = capsys.readouterr().out
-    assert "prefetch = true" in text and "# device =" in text  # TOML booleans; None left out
+    assert "profiling = false" in text and "# device =" in text  # TOML booleans; None left out
     path = tmp_path / "printed.toml"
     path.write_text(text)
     assert main(["train", "--config", str(path), "--print-config"]) == 0

@@ -345,6 +345,30 @@ def test_prefetch_errors_surface_in_the_loop():
 def test_prefetch_can_be_switched_off_from_the_config():
     from relayrl.config import ConfigError, TrainingConfig
 
-    assert TrainingConfig().prefetch is True
+    assert TrainingConfig().prefetch is None  # automatic
+    assert TrainingConfig(prefetch=False).prefetch is False
     with pytest.raises(ConfigError, match="training.prefetch"):
         TrainingConfig(prefetch="yes")
+
+
+def test_prefetch_automatic_choice_needs_a_free_core(monkeypatch):
+    import relayrl.training_offline as module
+
+    t = make()
+    assert t.prefetch is None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        monkeypatch.setattr(module, "available_cores", lambda: 2)
+        assert t.prefetch_enabled()              # 1 training thread, 2 cores: a core is free
+        t.agent.parallel_update = True           # 2 training threads on 2 cores: none is
+        assert not t.prefetch_enabled()
+        monkeypatch.setattr(module, "available_cores", lambda: 4)
+        assert t.prefetch_enabled()
+        t.prefetch = False
+        assert not t.prefetch_enabled()
+        t.prefetch = True
+        monkeypatch.setattr(module, "available_cores", lambda: 1)
+        assert t.prefetch_enabled()              # explicit settings win
+    finally:
+        torch.set_num_threads(previous)

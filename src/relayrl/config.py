@@ -69,9 +69,10 @@ class TrainingConfig:
     """No update before the memory holds this many transitions (and never before one batch)."""
     device: str | None = None
     """Torch device of the agent and the batches; None picks CUDA, else MPS, else CPU."""
-    prefetch: bool = True
-    """Draw the next batch in a background thread while the current update trains (the batches are
-    the same as without it; see ``TrainingOffline.prefetch``)."""
+    prefetch: bool | None = None
+    """Draw the next batch in a background thread while the current update trains (see
+    ``TrainingOffline.prefetch``). Omitted (None): automatic, on for CUDA and when a CPU core is
+    free for the thread; off when training keeps every core busy."""
     torch_threads: int = 0
     """Threads for the trainer's torch operations; 0 means automatic: one core is left to the
     workers, the transport and the OS (torch's threads spin-wait at every operation, and when
@@ -94,8 +95,8 @@ class TrainingConfig:
                f"got {self.sleep_between_buffer_retrieval_attempts!r}")
         _check(isinstance(self.start_training, int) and self.start_training >= 0,
                f"training.start_training must be an integer >= 0, got {self.start_training!r}")
-        _check(isinstance(self.prefetch, bool),
-               f"training.prefetch must be true or false, got {self.prefetch!r}")
+        _check(self.prefetch is None or isinstance(self.prefetch, bool),
+               f"training.prefetch must be true or false (or omitted: automatic), got {self.prefetch!r}")
         _check(isinstance(self.torch_threads, int) and self.torch_threads >= 0,
                f"training.torch_threads must be an integer >= 0, got {self.torch_threads!r}")
 
