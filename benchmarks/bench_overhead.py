@@ -129,60 +129,70 @@ def run(opts: Options) -> list[str]:
     out: list[str] = []
 
     # --- SAC round vs the same updates on pre-sampled batches -----------------------------------
-    training = make_training(functools.partial(SACAgent, config=SACConfig(hidden_sizes=(256, 256))),
-                             steps)
-    interface = AlwaysHasSamples(prefill=10_000, per_pull=20)
-    training.pull(interface)
-    agent, memory = training.agent, training.memory
-    presampled = [memory.sample() for _ in range(steps)]
+    # Both SAC update modes: serial (the steps one after the other, one thread of Python) and
+    # parallel (critic and actor steps at once in two threads; relayrl's default on 2+ cores).
+    # Prefetch is left automatic in the rounds, as in a relayrl trainer.
+    variants, names = {}, {}
     rows = []
+    for mode, parallel in (("serial", False), ("parallel", True)):
+        training = make_training(functools.partial(SACAgent, config=SACConfig(
+            hidden_sizes=(256, 256), parallel_update=parallel)), steps)
+        interface = AlwaysHasSamples(prefill=10_000, per_pull=20)
+        training.pull(interface)
+        agent, memory = training.agent, training.memory
+        presampled = [memory.sample() for _ in range(steps)]
 
-    def round_():
-        return timed(lambda: rows.append(training.run_round(interface)))
+        def round_(training=training, interface=interface):
+            return timed(lambda: rows.append(training.run_round(interface)))
 
-    def train_presampled():
-        def go():
-            for batch in presampled:
-                agent.train(batch)
-        return timed(go)
+        def train_presampled(agent=agent, presampled=presampled):
+            def go():
+                for batch in presampled:
+                    agent.train(batch)
+            return timed(go)
 
-    def sample_and_train():
-        def go():
-            for _ in range(steps):
-                agent.train(memory.sample())
-        return timed(go)
+        variants[f"{mode}: train on pre-sampled"] = train_presampled
+        variants[f"{mode}: round"] = round_
+        names[mode] = (f"{mode}: train on pre-sampled", f"{mode}: round",
+                       "prefetch on" if training.prefetch_enabled() else "prefetch off")
 
-    res = interleaved({"train on pre-sampled": train_presampled, "round": round_,
-                       "sample + train": sample_and_train}, repeats, log=opts.log)
-    series = [res["train on pre-sampled"], res["round"], res["sample + train"]]
-    ms = [s.scaled(1e3 / steps) for s in series]
-    ms[0].note = "reference: agent.train(b) on batches drawn beforehand"
-    ms[1].note = "TorchTrainingOffline.run_round, real memory + SAC, fake interface"
-    ms[2].note = "agent.train(memory.sample())"
+    res = interleaved(variants, repeats, log=opts.log)
     extra = (f"set-up: Pendulum-v1 spaces, ReplayMemory(batch 256), SACAgent hidden (256, 256), "
              f"{steps} updates per round, pulls of 20 samples every 20 updates, broadcast every 20 "
-             f"(no-op), torch threads {opts.threads}")
-    out.append(table("(a) wrapper overhead: TorchTrainingOffline round vs train() on pre-sampled "
-                     "batches", ms, "ms/update", "train on pre-sampled", "time ratio",
-                     header_extra=extra, higher_is_better=False))
-    ratio = ms[1].median / ms[0].median
-    cpu_ratio = ms[1].cpu_median / ms[0].cpu_median
-    extra_us = (ms[1].median - ms[0].median) * 1e3
-    # paired ratios (each repeat's round over the same repeat's reference) show the spread
-    paired = sorted(r / p for r, p in zip(res["round"].values, res["train on pre-sampled"].values))
-    out.append(f"round - pre-sampled: {extra_us:+.0f} us/update (wall medians), "
-               f"{(ms[1].cpu_median - ms[0].cpu_median) * 1e3:+.0f} us/update (CPU medians); "
-               f"per-repeat paired wall ratios: min {paired[0]:.3f}, median "
-               f"{paired[len(paired) // 2]:.3f}, max {paired[-1]:.3f}")
-    out.append(target_line("(a) round / train on pre-sampled (wall medians)", ratio, "<=", 1.03,
-                           f"CPU-time ratio {cpu_ratio:.3f}; tmrl's TrainingOffline round: 1.11-1.23x"))
+             f"(no-op), torch threads {opts.threads} (the parallel update adds its critic thread); "
+             "both modes' variants interleaved in one run")
+    ratios = {}
+    for mode, (ref_name, round_name, prefetch_state) in names.items():
+        ref = res[ref_name].scaled(1e3 / steps)
+        rnd = res[round_name].scaled(1e3 / steps)
+        ref.note = f"reference: agent.train(b) on batches drawn beforehand ({mode} update)"
+        rnd.note = (f"TorchTrainingOffline.run_round, real memory + SAC ({mode} update), fake "
+                    f"interface, {prefetch_state} (automatic)")
+        out.append(table(f"(a) wrapper overhead, {mode} SAC update: TorchTrainingOffline round vs "
+                         "train() on pre-sampled batches", [ref, rnd], "ms/update", ref_name,
+                         "time ratio", header_extra=extra, higher_is_better=False))
+        paired = sorted(r / p for r, p in zip(res[round_name].values, res[ref_name].values))
+        ratios[mode] = (rnd.median / ref.median, rnd.cpu_median / ref.cpu_median,
+                        (rnd.median - ref.median) * 1e3, paired)
+    for mode, (ratio, cpu_ratio, extra_us, paired) in ratios.items():
+        out.append(f"{mode} update: round / pre-sampled = {ratio:.3f} (wall medians; CPU-time ratio "
+                   f"{cpu_ratio:.3f}), {extra_us:+.0f} us/update; per-repeat paired wall ratios: min "
+                   f"{paired[0]:.3f}, median {paired[len(paired) // 2]:.3f}, max {paired[-1]:.3f}")
+    default_mode = "parallel" if SACAgent(*_pendulum_spaces()).parallel_update else "serial"
+    ratio = ratios[default_mode][0]
+    out.append(target_line(f"(a) round / train on pre-sampled (wall medians, {default_mode} update: "
+                           "relayrl's default here)", ratio, "<=", 1.03,
+                           f"other mode: {ratios['serial' if default_mode == 'parallel' else 'parallel'][0]:.3f}; "
+                           "tmrl's TrainingOffline round: 1.11-1.23x"))
     opts.results["overhead_ratio"] = ratio
-    opts.results["overhead_ratio_cpu"] = cpu_ratio
+    opts.results["overhead_ratio_serial"] = ratios["serial"][0]
+    opts.results["overhead_ratio_parallel"] = ratios["parallel"][0]
     assert rows and rows[-1]["total_updates"] > 0
 
     # --- no-op agent: the loop's own cost per update --------------------------------------------
     noop_steps = 50 if opts.smoke else 200 if opts.quick else 2000
     noop = make_training(_noop_agent_cls(), noop_steps)
+    noop.prefetch = False  # with nothing to overlap, a prefetch thread would only add its hand-off
     noop_interface = AlwaysHasSamples(prefill=10_000, per_pull=20, seed=1)
     noop.pull(noop_interface)
     noop_rows = []

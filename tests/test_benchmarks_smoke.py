@@ -33,7 +33,7 @@ def run_benchmarks(only: str, **env_extra) -> str:
 @pytest.mark.skipif(not os.path.exists(RUN), reason="benchmarks/ not present")
 def test_benchmarks_run_and_print_tables():
     text = run_benchmarks("overhead,sampling,memory")
-    for title in ("(a) wrapper overhead", "(a') the loop's own cost", "(b) batch sampling, vector",
+    for title in ("(a) wrapper overhead, serial", "(a) wrapper overhead, parallel", "(a') the loop's own cost", "(b) batch sampling, vector",
                   "(b) batch sampling, image", "(e) memory"):
         assert title in text, f"missing table {title!r}:\n{text[-3000:]}"
     assert "| variant | median" in text and "machine:" in text and "versions:" in text
