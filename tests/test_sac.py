@@ -464,3 +464,30 @@ def test_parallel_update_default_follows_the_device_and_cores(monkeypatch):
     monkeypatch.setattr(sac, "available_cores", lambda: 1)
     assert SACAgent(OBS_SPACE, ACT_SPACE, hidden_sizes=SMALL).parallel_update is False
     assert SACAgent(OBS_SPACE, ACT_SPACE, hidden_sizes=SMALL, parallel_update=True).parallel_update
+
+
+def test_parallel_update_works_in_a_forked_child():
+    import os
+
+    agent = make_agent(parallel_update=True)
+    agent.train(make_batch())  # the critic thread exists in this process now
+    pid = os.fork()
+    if pid == 0:  # the child: threads are not inherited; train must not hang
+        code = 1
+        try:
+            agent.train(make_batch(seed=1))
+            code = 0
+        finally:
+            os._exit(code)
+    import time
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("train() hung in a forked child")
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -184,6 +185,7 @@ class TrainingOffline:
         self.total_samples = 0
         self._round: dict[str, Any] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid = 0
         self._pending: Future | None = None
 
     def _select_device(self, device):
@@ -268,8 +270,10 @@ class TrainingOffline:
         return available_cores() > busy
 
     def _prefetcher(self) -> ThreadPoolExecutor:
-        if self._executor is None:
+        if self._executor is None or self._executor_pid != os.getpid():
+            # (again after a fork: the child does not inherit the parent's threads)
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relayrl-prefetch")
+            self._executor_pid = os.getpid()
         return self._executor
 
     def _join_prefetch(self) -> None:

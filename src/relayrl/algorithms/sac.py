@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -489,6 +490,7 @@ class SACAgent(TrainingAgent):
         # does the actor step; each side draws its noise from its own generator (seeded from
         # torch's global one), so the draws do not depend on how the threads interleave.
         self._critic_thread: ThreadPoolExecutor | None = None
+        self._critic_thread_pid = 0
         self._gen_target = self._gen_policy = None
         if self.parallel_update:
             seeds = torch.randint(0, 2 ** 62, (2,), dtype=torch.int64).tolist()
@@ -578,8 +580,10 @@ class SACAgent(TrainingAgent):
             self.critic_optimizer.step()
             return q, loss_critic, target
 
-        if self._critic_thread is None:
+        if self._critic_thread is None or self._critic_thread_pid != os.getpid():
+            # (again after a fork: the child does not inherit the parent's threads)
             self._critic_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relayrl-sac-critic")
+            self._critic_thread_pid = os.getpid()
         future = self._critic_thread.submit(critic_side)
         try:
             try:
