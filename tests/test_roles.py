@@ -22,6 +22,7 @@ from relayrl.roles import parse_endpoint, parse_host, RoleError
 
 CONFIG = "[training]\ntorch_threads = 1\n[memory]\nbatch_size = 32\n[sac]\nhidden_sizes = [32, 32]\n"
 BUDGET = ["--epochs", "1", "--rounds", "2", "--steps", "50", "--start-training", "64"]
+LONGER_BUDGET = ["--epochs", "1", "--rounds", "2", "--steps", "200", "--start-training", "64"]
 TRAINER_WORKER_LINE = re.compile(r"^\s+worker (\S+): (\d+) samples .*policy version (\S+) .*session (\d+)$")
 VERSION = re.compile(r"policy version (\d+)")
 
@@ -292,7 +293,10 @@ def test_trainer_and_two_curve_workers_train_and_intruders_get_nothing(tmp_path,
     plain = ZmqWorkerClient(f"tcp://127.0.0.1:{bport}", f"tcp://127.0.0.1:{wport}", "plaintext",
                             send_timeout=0.2, send_hwm=10)
     try:
-        trainer = start("trainer", "trainer", "--config", str(config), *BUDGET, "--run-dir", str(tmp_path / "run"),
+        # 2 rounds of 200 updates: long enough that both workers take part even when one of them
+        # starts first and takes the whole initial allowance (100 updates took under a second)
+        trainer = start("trainer", "trainer", "--config", str(config), *LONGER_BUDGET, "--run-dir",
+                        str(tmp_path / "run"),
                         "--bind-buffers", f"tcp://127.0.0.1:{bport}", "--bind-weights", f"tcp://127.0.0.1:{wport}",
                         "--keys", str(keys), "--no-progress", "--quiet", "--status-interval", "0.5")
         deadline = time.monotonic() + 90
@@ -314,7 +318,9 @@ def test_trainer_and_two_curve_workers_train_and_intruders_get_nothing(tmp_path,
     for key in ("connected_workers", "lost_buffers", "duplicate_buffers", "dropped_messages",
                 "policy_lag_mean", "policy_version"):
         assert key in rows[0], key
-    assert float(rows[-1]["connected_workers"]) == 2 and float(rows[-1]["lost_buffers"]) == 0
+    # (a worker whose CURVE handshake lands late may not have been heard from yet when a short run
+    # ends; that both delivered samples is checked below from the trainer's final accounting)
+    assert 1 <= float(rows[-1]["connected_workers"]) <= 2 and float(rows[-1]["lost_buffers"]) == 0
     assert float(rows[-1]["duplicate_buffers"]) == 0
     assert (tmp_path / "run" / "checkpoints").is_dir()
     assert "done: " in trainer.out()
@@ -323,7 +329,7 @@ def test_trainer_and_two_curve_workers_train_and_intruders_get_nothing(tmp_path,
     assert set(seen) == {"w0", "w1"}, trainer.out()[-2000:]  # neither intruder nor plaintext
     assert all(s["samples"] > 0 for s in seen.values())
     final_version = trainer_version(trainer)
-    assert final_version >= 5  # one broadcast at start, then every 20 of the 100 updates
+    assert final_version >= 5  # one broadcast at start, then every 20 of the 400 updates
     for w in workers:  # each worker's versions only increase, and reach the end of training
         w.wait_for(lambda p: worker_versions(p) and worker_versions(p)[-1] == final_version, 20,
                    f"policy version {final_version}")
