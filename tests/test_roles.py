@@ -283,22 +283,21 @@ def test_trainer_and_two_curve_workers_train_and_intruders_get_nothing(tmp_path,
 
     keys, config = setup
     bport, wport = free_ports(2)
-    # workers first: they wait for the trainer (ZeroMQ connects them once it binds)
+    # the trainer first, so that both workers connect at once (a worker started before the trainer
+    # retries with a back-off of up to 2 s: on a fast machine a short run could end before it is in;
+    # workers waiting for a trainer are covered by the rejoin test below)
+    trainer = start("trainer", "trainer", "--config", str(config), *LONGER_BUDGET, "--run-dir",
+                    str(tmp_path / "run"),
+                    "--bind-buffers", f"tcp://127.0.0.1:{bport}", "--bind-weights", f"tcp://127.0.0.1:{wport}",
+                    "--keys", str(keys), "--no-progress", "--quiet", "--status-interval", "0.5")
+    trainer.wait_for(lambda p: "workers connect to" in p.out(), 60, "the trainer's start-up line")
     workers = [start(name, *worker_args(config, keys, name, bport, wport)) for name in ("w0", "w1")]
     intruder = start("intruder", *worker_args(
         config, keys, "intruder", bport, wport, "--key", str(tmp_path / "intruder/workers/intruder.key_secret"),
         "--server-key", str(keys / "trainer.key")))
-    for w in workers + [intruder]:
-        w.wait_for(lambda p: "waiting for the trainer's weights" in p.out(), 60, "start-up line")
     plain = ZmqWorkerClient(f"tcp://127.0.0.1:{bport}", f"tcp://127.0.0.1:{wport}", "plaintext",
                             send_timeout=0.2, send_hwm=10)
     try:
-        # 2 rounds of 200 updates: long enough that both workers take part even when one of them
-        # starts first and takes the whole initial allowance (100 updates took under a second)
-        trainer = start("trainer", "trainer", "--config", str(config), *LONGER_BUDGET, "--run-dir",
-                        str(tmp_path / "run"),
-                        "--bind-buffers", f"tcp://127.0.0.1:{bport}", "--bind-weights", f"tcp://127.0.0.1:{wport}",
-                        "--keys", str(keys), "--no-progress", "--quiet", "--status-interval", "0.5")
         deadline = time.monotonic() + 90
         obs = np.zeros((5, 3), np.float32)
         while trainer.popen.poll() is None and time.monotonic() < deadline:
@@ -326,7 +325,8 @@ def test_trainer_and_two_curve_workers_train_and_intruders_get_nothing(tmp_path,
     assert "done: " in trainer.out()
 
     seen = trainer_workers(trainer)
-    assert set(seen) == {"w0", "w1"}, trainer.out()[-2000:]  # neither intruder nor plaintext
+    assert set(seen) == {"w0", "w1"}, (trainer.out()[-2000:] + "\n" + "\n".join(
+        f"--- {w.name}:\n{w.out()[-1500:]}{w.err()[-1500:]}" for w in workers))  # neither intruder nor plaintext
     assert all(s["samples"] > 0 for s in seen.values())
     final_version = trainer_version(trainer)
     assert final_version >= 5  # one broadcast at start, then every 20 of the 400 updates
