@@ -370,5 +370,10 @@ def test_prefetch_automatic_choice_needs_a_free_core(monkeypatch):
         t.prefetch = True
         monkeypatch.setattr(module, "available_cores", lambda: 1)
         assert t.prefetch_enabled()              # explicit settings win
+        t.prefetch = None
+        t.device = "cuda"                        # the copy to the GPU overlaps the update
+        assert t.prefetch_enabled()
+        t.device = "mps"
+        assert not t.prefetch_enabled()
     finally:
         torch.set_num_threads(previous)

@@ -72,7 +72,7 @@ class TrainingConfig:
     prefetch: bool | None = None
     """Draw the next batch in a background thread while the current update trains (see
     ``TrainingOffline.prefetch``). Omitted (None): automatic, on for CUDA and when a CPU core is
-    free for the thread; off when training keeps every core busy."""
+    free for the thread; off for other accelerators and when training keeps every core busy."""
     torch_threads: int = 0
     """Threads for the trainer's torch operations; 0 means automatic: one core is left to the
     workers, the transport and the OS (torch's threads spin-wait at every operation, and when

@@ -123,8 +123,8 @@ class TrainingOffline:
     batch being drawn, which then comes from the memory as it was before that pull: the memory is
     never changed during a draw, and a seeded run draws the same batches on every run. The thread
     only calls ``next()`` on ``iter(memory)``: memories need no locking. ``None`` (the default)
-    means automatic: on for a CUDA device (the host-to-device copy overlaps the update), and on a
-    CPU only when a core is free for the thread: with every core busy training (e.g. SAC's parallel
+    means automatic: on for a CUDA device (the host-to-device copy overlaps the update), off for
+    other accelerators, and on a CPU only when a core is free for the thread: with every core busy training (e.g. SAC's parallel
     update on 2 cores), a third thread was measured to slow rounds down by about 9%.
     """
 
@@ -264,8 +264,11 @@ class TrainingOffline:
         """Whether rounds draw batches ahead (:attr:`prefetch`, or the automatic choice if None)."""
         if self.prefetch is not None:
             return bool(self.prefetch)
-        if torch.device(self.device).type == "cuda":
+        kind = torch.device(self.device).type
+        if kind == "cuda":
             return True
+        if kind != "cpu":  # e.g. MPS: keep every operation on the thread that owns the device
+            return False
         busy = torch.get_num_threads() * (2 if getattr(self.agent, "parallel_update", False) else 1)
         return available_cores() > busy
 
