@@ -192,17 +192,18 @@ def test_credits_follow_the_rule(closing):
     collected: list[Buffer] = []
     pump(trainer, lambda: rows(collected) >= 6, collected=collected)
     trainer.report_progress(total_updates=3, total_samples=6, memory_len=6)
-    # allowance = 10 + 3 * 2 + 5 = 21, remaining = 15, share = ceil(15 / 2) = 8
-    assert trainer.stats()["control"]["default"] == 8
-    pump(trainer, lambda: a.allowed_samples() == 6 + 8 and b.allowed_samples() == 8)
+    # allowance = max(10, 3 * 2) + 5 = 15, remaining = 9, share = ceil(9 / 2) = 5
+    assert trainer.stats()["control"]["default"] == 5
+    pump(trainer, lambda: a.allowed_samples() == 6 + 5 and b.allowed_samples() == 5)
     # the worker counts its own in-flight samples: it may step while samples_sent < allowed
-    assert a.allowed_samples() - a.samples_sent == 8
+    assert a.allowed_samples() - a.samples_sent == 5
 
     trainer.report_progress(total_updates=3, total_samples=40, memory_len=40)  # over the allowance
     pump(trainer, lambda: a.allowed_samples() == 6 and b.allowed_samples() == 0)
     trainer.report_progress(total_updates=30, total_samples=40, memory_len=40)
-    # 10 + 60 + 5 - 40 = 35 -> 18 each
-    pump(trainer, lambda: a.allowed_samples() == 6 + 18 and b.allowed_samples() == 18)
+    # max(10, 60) + 5 - 40 = 25 -> 13 each: once training has used the initial samples, the
+    # workers lead the trainer by slack_samples only
+    pump(trainer, lambda: a.allowed_samples() == 6 + 13 and b.allowed_samples() == 13)
 
 
 def test_control_publication_is_throttled(closing):

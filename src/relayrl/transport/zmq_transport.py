@@ -24,7 +24,7 @@ A cheap simulator can step far faster than the trainer learns; unmetered, it flo
 samples from stale policies. With ``env_steps_per_update`` set, after every ``report_progress`` the
 trainer computes::
 
-    allowance = initial_samples + total_updates * env_steps_per_update + slack_samples
+    allowance = max(initial_samples, total_updates * env_steps_per_update) + slack_samples
     remaining = max(0, allowance - total_samples)
     share     = ceil(remaining / max(1, workers seen in the last worker_timeout seconds))
 
@@ -453,7 +453,7 @@ class ZmqTrainerInterface:
         if self.env_steps_per_update is None:
             return dict(UNLIMITED)
         total_updates, total_samples = self._progress
-        allowance = self.initial_samples + total_updates * self.env_steps_per_update + self.slack_samples
+        allowance = max(self.initial_samples, total_updates * self.env_steps_per_update) + self.slack_samples
         remaining = max(0, math.ceil(allowance) - total_samples)
         active = self._active(time.monotonic())
         share = math.ceil(remaining / max(1, len(active)))
