@@ -131,10 +131,15 @@ class WorkersConfig:
     buffer_steps: int = 25
     """Steps collected before a buffer is sent (episode ends always send)."""
     env_steps_per_update: float | None = 1.0
-    """Worker-side rate limit: samples the trainer lets workers collect per update, beyond the
-    start_training samples (None: unlimited, for real-time environments that must never wait)."""
-    slack_samples: int = 200
-    """Samples workers may run ahead of the rate limit, so the trainer rarely waits."""
+    """Worker-side rate limit: samples the trainer lets workers collect per update; the workers'
+    allowance is max(the start_training samples, updates x this) + slack_samples (None: unlimited,
+    for real-time environments that must never wait)."""
+    slack_samples: int = 100
+    """Samples workers may run ahead of the rate limit, so the trainer rarely waits. Once training
+    has used the first samples, this is how far the data leads the updates: the less lead, the
+    fewer environment steps for the same number of updates (in the end-to-end benchmark, 100
+    reached a Pendulum-v1 return of -200 after a median of 3,060 steps over 3 seeds, 200 after
+    5,161: a noisy measure). Raise it for workers on slow, distant links."""
     pause_mid_episode: bool = True
     """Whether the rate limit may pause a worker inside an episode (False for robots and games)."""
 
