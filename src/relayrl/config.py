@@ -78,7 +78,8 @@ class TrainingConfig:
     workers, the transport and the OS (torch's threads spin-wait at every operation, and when
     another process took one of their cores a 2-thread update on 2 cores was measured 8x slower or
     worse), and with SAC's parallel update (two threads, one per step) each thread gets half of the
-    remaining cores, at least 1. On 2 cores: 1."""
+    remaining cores, at least 1. On 2 cores: 1 (per side with the parallel update, which then keeps
+    both cores busy)."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "rounds", "steps", "update_model_interval", "update_buffer_interval"):
