@@ -57,9 +57,8 @@ def cpu_model() -> str:
 
 
 def available_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    from relayrl.system import available_cores as cores  # the rule relayrl's defaults use
+    return cores()
 
 
 def machine_header(extra: str = "") -> str:

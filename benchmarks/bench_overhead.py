@@ -142,8 +142,12 @@ def run(opts: Options) -> list[str]:
         agent, memory = training.agent, training.memory
         presampled = [memory.sample() for _ in range(steps)]
 
-        def round_(training=training, interface=interface):
-            return timed(lambda: rows.append(training.run_round(interface)))
+        def round_(training=training, interface=interface, prefetch=None):
+            training.prefetch = prefetch  # None: relayrl's automatic choice
+            try:
+                return timed(lambda: rows.append(training.run_round(interface)))
+            finally:
+                training.prefetch = None
 
         def train_presampled(agent=agent, presampled=presampled):
             def go():
@@ -151,10 +155,15 @@ def run(opts: Options) -> list[str]:
                     agent.train(batch)
             return timed(go)
 
+        auto = training.prefetch_enabled()
         variants[f"{mode}: train on pre-sampled"] = train_presampled
         variants[f"{mode}: round"] = round_
+        # the other prefetch setting, to show whether the automatic choice is the faster one
+        variants[f"{mode}: round, prefetch {'off' if auto else 'on'}"] = functools.partial(
+            round_, prefetch=not auto)
         names[mode] = (f"{mode}: train on pre-sampled", f"{mode}: round",
-                       "prefetch on" if training.prefetch_enabled() else "prefetch off")
+                       "prefetch on" if auto else "prefetch off",
+                       f"{mode}: round, prefetch {'off' if auto else 'on'}")
 
     res = interleaved(variants, repeats, log=opts.log)
     extra = (f"set-up: Pendulum-v1 spaces, ReplayMemory(batch 256), SACAgent hidden (256, 256), "
@@ -162,22 +171,26 @@ def run(opts: Options) -> list[str]:
              f"(no-op), torch threads {opts.threads} (the parallel update adds its critic thread); "
              "both modes' variants interleaved in one run")
     ratios = {}
-    for mode, (ref_name, round_name, prefetch_state) in names.items():
+    for mode, (ref_name, round_name, prefetch_state, flipped_name) in names.items():
         ref = res[ref_name].scaled(1e3 / steps)
         rnd = res[round_name].scaled(1e3 / steps)
+        flipped = res[flipped_name].scaled(1e3 / steps)
+        flipped.note = "the other prefetch setting, forced"
         ref.note = f"reference: agent.train(b) on batches drawn beforehand ({mode} update)"
         rnd.note = (f"TorchTrainingOffline.run_round, real memory + SAC ({mode} update), fake "
                     f"interface, {prefetch_state} (automatic)")
         out.append(table(f"(a) wrapper overhead, {mode} SAC update: TorchTrainingOffline round vs "
-                         "train() on pre-sampled batches", [ref, rnd], "ms/update", ref_name,
+                         "train() on pre-sampled batches", [ref, rnd, flipped], "ms/update", ref_name,
                          "time ratio", header_extra=extra, higher_is_better=False))
         paired = sorted(r / p for r, p in zip(res[round_name].values, res[ref_name].values))
         ratios[mode] = (rnd.median / ref.median, rnd.cpu_median / ref.cpu_median,
-                        (rnd.median - ref.median) * 1e3, paired)
-    for mode, (ratio, cpu_ratio, extra_us, paired) in ratios.items():
+                        (rnd.median - ref.median) * 1e3, paired, flipped.median / ref.median,
+                        flipped_name.split(", ")[1])
+    for mode, (ratio, cpu_ratio, extra_us, paired, flipped_ratio, flipped_label) in ratios.items():
         out.append(f"{mode} update: round / pre-sampled = {ratio:.3f} (wall medians; CPU-time ratio "
                    f"{cpu_ratio:.3f}), {extra_us:+.0f} us/update; per-repeat paired wall ratios: min "
-                   f"{paired[0]:.3f}, median {paired[len(paired) // 2]:.3f}, max {paired[-1]:.3f}")
+                   f"{paired[0]:.3f}, median {paired[len(paired) // 2]:.3f}, max {paired[-1]:.3f}; "
+                   f"with {flipped_label} instead: {flipped_ratio:.3f}")
     default_mode = "parallel" if SACAgent(*_pendulum_spaces()).parallel_update else "serial"
     ratio = ratios[default_mode][0]
     out.append(target_line(f"(a) round / train on pre-sampled (wall medians, {default_mode} update: "

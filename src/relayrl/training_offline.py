@@ -124,8 +124,8 @@ class TrainingOffline:
     never changed during a draw, and a seeded run draws the same batches on every run. The thread
     only calls ``next()`` on ``iter(memory)``: memories need no locking. ``None`` (the default)
     means automatic: on for a CUDA device (the host-to-device copy overlaps the update), off for
-    other accelerators, and on a CPU only when a core is free for the thread: with every core busy training (e.g. SAC's parallel
-    update on 2 cores), a third thread was measured to slow rounds down by about 9%.
+    other accelerators, and on a CPU only when a core is free for the thread, so that it does not
+    compete with training (e.g. SAC's parallel update on 2 cores).
     """
 
     prefetch: bool | None = None
