@@ -147,6 +147,9 @@ def child_relayrl(seed: int, run_dir: str, epochs: int, sets: list[str] = (), ev
     from relayrl.config import RunConfig, with_overrides
     from relayrl.local import run_local
 
+    # the parent stops this run with SIGINT (as Ctrl+C): make sure it is not ignored, as it is in a
+    # process launched in the background by a non-interactive shell
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cfg = with_overrides(RunConfig(), **{"run_dir": run_dir, "seed": seed, "training.epochs": epochs,
                                          "workers.test_episode_interval": 1, **parse_sets(list(sets))})
     print(json.dumps({"config": cfg.to_dict()}), flush=True)

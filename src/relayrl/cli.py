@@ -13,7 +13,8 @@ Train SAC with local rollout-worker processes (defaults: Pendulum-v1, 2 workers,
 5 rounds of 200 updates, about 10,000 environment steps). Shows progress, prints a statistics
 table per round, writes stats.csv, stats.jsonl and TensorBoard events to the run directory, and
 checkpoints after every epoch. Running the same command again resumes from the last checkpoint;
-Ctrl+C saves and exits. Precedence: defaults < --config FILE < flags. Every setting, with its
+Ctrl+C or SIGTERM saves, stops the workers and exits (workers also exit by themselves if the
+trainer is killed outright). Precedence: defaults < --config FILE < flags. Every setting, with its
 documentation, is a field of relayrl.config (print them with --print-config)."""
 
 
@@ -63,7 +64,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, local_workers: bool = True) 
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true", help="no per-round tables")
     parser.add_argument("--print-config", action="store_true",
-                        help="print the resulting configuration as TOML-like text and exit")
+                        help="print the resulting configuration as TOML (a file --config reads back) and exit")
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:

@@ -8,12 +8,37 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import threading
 import time
 from dataclasses import asdict
 
 from .config import RunConfig, WorkersConfig
 
 log = logging.getLogger("relayrl")
+
+
+def stop_requested(stop_event, check_interval: float = 0.5):
+    """``should_stop()`` for a local worker process: true once the trainer sets ``stop_event`` or once
+    the trainer process is gone (killed with SIGKILL, or crashed before it could set the event), so a
+    worker never outlives its trainer. The parent's liveness is checked at most every
+    ``check_interval`` seconds (a ``select`` on its sentinel)."""
+    parent = multiprocessing.parent_process()
+    state = {"next": 0.0, "gone": False}
+
+    def should_stop() -> bool:
+        if stop_event.is_set() or state["gone"]:
+            return True
+        now = time.monotonic()
+        if parent is not None and now >= state["next"]:
+            state["next"] = now + check_interval
+            state["gone"] = not parent.is_alive()
+        return state["gone"]
+
+    return should_stop
+
+
+def _terminate_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def worker_process_main(env_id: str, actor_factory, buffer_endpoint: str, weights_endpoint: str,
@@ -33,10 +58,11 @@ def worker_process_main(env_id: str, actor_factory, buffer_endpoint: str, weight
                            test_episode_interval=cfg.test_episode_interval,
                            buffer_steps=cfg.buffer_steps, pause_mid_episode=cfg.pause_mid_episode,
                            seed=seed)
+    should_stop = stop_requested(stop_event)
     try:
-        while worker.policy_version < 0 and not stop_event.is_set():
+        while worker.policy_version < 0 and not should_stop():
             worker.update_weights(0.5)
-        worker.run(should_stop=stop_event.is_set)
+        worker.run(should_stop=should_stop)
     finally:
         worker.close()
         client.close()
@@ -99,11 +125,18 @@ def run_local(config: RunConfig, progress: bool = True, print_tables: bool = Tru
                           asdict(config.workers), stop))
         for i in range(config.workers.count)
     ]
-    for p in processes:
-        p.start()
+    # SIGTERM (kill, a batch scheduler, a container stop) is handled like Ctrl+C: the trainer
+    # saves a checkpoint and the workers are stopped, instead of dying with them left behind
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
+        for p in processes:
+            p.start()
         return trainer.run(LocalWorkersInterface(transport, processes))
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         stop.set()
         deadline = time.monotonic() + 10.0
         for p in processes:
