@@ -154,3 +154,30 @@ def test_buffer_validation_and_builder():
     assert len(builder) == 0 and builder.episodes == []
     joined = Buffer.concatenate([buf, make_buffer(2, obs_dim=2)])
     assert len(joined) == 7 and len(joined.episodes) == 1
+
+
+@pytest.mark.parametrize("max_draw_bytes", [64 << 20, 1])  # one gather, or one per batch
+def test_sample_batches_are_the_batches_sample_would_draw(max_draw_bytes):
+    a = ReplayMemory(nb_steps=1, batch_size=16, capacity=500, seed=3)
+    b = ReplayMemory(nb_steps=1, batch_size=16, capacity=500, seed=3)
+    a.max_draw_bytes = max_draw_bytes
+    for m in (a, b):
+        m.append(make_buffer(300))
+    many = a.sample_batches(7)
+    one_by_one = [b.sample() for _ in range(7)]
+    assert len(many) == 7
+    for x, y in zip(many, one_by_one):
+        assert isinstance(x, Batch)
+        for u, v in zip(x, y):
+            assert u.shape == v.shape and u.dtype == v.dtype and u.is_contiguous()
+            assert torch.equal(u, v)
+    assert torch.equal(a.sample().obs, b.sample().obs)  # the generators stay in step
+
+
+def test_sample_batches_errors():
+    m = ReplayMemory(nb_steps=1, batch_size=4, capacity=100, seed=0)
+    with pytest.raises(RuntimeError, match="empty memory"):
+        m.sample_batches(3)
+    m.append(make_buffer(10))
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        m.sample_batches(0)

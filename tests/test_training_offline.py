@@ -335,6 +335,7 @@ def test_prefetch_errors_surface_in_the_loop():
 
     t = make(steps=10, update_buffer_interval=100, batch_size=2,
              memory_cls=functools.partial(Broken, batch_size=2, capacity=100, seed=0))
+    t.prefetch = True
     iface = ScriptedInterface(t, per_pull=50)
     with pytest.raises(ValueError, match="disk on fire"):
         t.run_epoch(iface)
@@ -377,3 +378,67 @@ def test_prefetch_automatic_choice_needs_a_free_core(monkeypatch):
         assert not t.prefetch_enabled()
     finally:
         torch.set_num_threads(previous)
+
+
+# --- drawing the batches between two pulls at once -----------------------------------------------
+class OneAtATime(ReplayMemory):
+    sample_batches = None  # no batched draws: one sample() per update
+
+
+class RecordingDraws(ReplayMemory):
+    """Records (batches asked for, memory length) at every batched draw."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.draws = []
+
+    def sample_batches(self, n):
+        self.draws.append((n, len(self)))
+        return super().sample_batches(n)
+
+
+def test_batches_drawn_between_pulls_at_once_are_the_ones_drawn_one_at_a_time():
+    chunked, one = (_batches_drawn(False, memory_cls=functools.partial(cls, batch_size=8, capacity=1000, seed=0))
+                    for cls in (RecordingDraws, OneAtATime))
+    t_chunked, t_one = chunked[0], one[0]
+    # pulls every 7 updates, 40 updates: draws of 7 batches, and 5 for the end of the round
+    # (the start gate pulled once before the scheduled pull at update 0)
+    assert t_chunked.memory.draws == [(7, 50 * (i + 2)) for i in range(5)] + [(5, 350)]
+    assert len(chunked[1]) == len(one[1]) == 40
+    for a, b in zip(chunked[1], one[1]):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
+def test_a_pull_during_a_wait_makes_the_next_batches_come_from_the_new_memory():
+    # ratio cap 1, one sample per pull: the loop waits, and pulls, after nearly every update
+    t = make(steps=30, update_buffer_interval=10, batch_size=2, max_training_steps_per_env_step=1.0,
+             start_training=2, memory_cls=functools.partial(RecordingDraws, batch_size=2, capacity=1000, seed=0))
+    t.prefetch = False
+    t.run_epoch(ScriptedInterface(t, per_pull=1))
+    lengths = [length for _, length in t.memory.draws]
+    assert len(lengths) > 3, "a pull during a wait drops what was drawn before it"  # 3 scheduled pulls
+    assert lengths == sorted(set(lengths)), "every draw saw new samples"
+    # each draw asks only for the batches until the next scheduled pull
+    assert all(1 <= n <= 10 for n, _ in t.memory.draws)
+    assert t.total_updates == 30 and t.total_updates <= t.total_samples
+
+
+def test_a_memory_that_changes_how_one_batch_is_drawn_draws_one_per_update():
+    events = []
+
+    class Augmented(ReplayMemory):
+        def sample(self):
+            events.append("sample")
+            return super().sample()
+
+    class Agent(CountingAgent):
+        def train(self, batch):
+            events.append("train")
+            return super().train(batch)
+
+    t = make(steps=12, update_buffer_interval=6, batch_size=2, training_agent_cls=Agent,
+             memory_cls=functools.partial(Augmented, batch_size=2, capacity=100, seed=0))
+    t.prefetch = False
+    t.run_epoch(ScriptedInterface(t, per_pull=50))
+    assert events == ["sample", "train"] * 12

@@ -13,7 +13,10 @@ The contract, used by :class:`~relayrl.training_offline.TrainingOffline`:
 uniformly with a seeded generator, gathers each field with one vectorised indexing operation and
 moves the batch to the device once (pinned memory and non-blocking copies on CUDA). Nothing is done
 per sample in Python. Memories that keep their data differently can subclass :class:`Memory` and
-implement ``__len__``, ``append`` and ``sample``.
+implement ``__len__``, ``append`` and ``sample``; a memory may also offer
+``sample_batches(n) -> list[Batch]`` (``n`` batches drawn in one go, see
+:meth:`ReplayMemory.sample_batches`), which ``TrainingOffline`` then uses to draw the batches of
+all the updates between two pulls at once.
 """
 from __future__ import annotations
 
@@ -159,11 +162,12 @@ class ReplayMemory(Memory):
         self.total_appended += len(buffer)
 
     # --- reading -------------------------------------------------------------------------------
-    def sample_indices(self) -> np.ndarray:
+    def sample_indices(self, count: int | None = None) -> np.ndarray:
+        """``count`` (default ``batch_size``) indices drawn uniformly, with replacement."""
         if self._size == 0:
             raise RuntimeError("cannot sample from an empty memory: wait for samples "
                                "(TrainingOffline gates on start_training and batch_size)")
-        return self._rng.integers(0, self._size, size=self.batch_size)
+        return self._rng.integers(0, self._size, size=self.batch_size if count is None else count)
 
     def collate(self, indices: np.ndarray) -> Batch:
         """Gather ``indices`` from every column at once and move the batch to the device."""
@@ -183,6 +187,33 @@ class ReplayMemory(Memory):
 
     def sample(self) -> Batch:
         return self.collate(self.sample_indices())
+
+    #: Most bytes one gather of :meth:`sample_batches` collates (larger requests are split).
+    max_draw_bytes = 64 << 20
+
+    def sample_batches(self, n: int) -> list[Batch]:
+        """``n`` batches at once: the very batches ``n`` calls of :meth:`sample` would return (the
+        same draws from the generator), gathered with one indexing operation per field and handed
+        out as contiguous slices of the result.
+
+        ``TrainingOffline`` uses it to draw, in one go, the batches of all the updates until its
+        next pull (the memory does not change in between): per update, the Python and numpy calls
+        of a draw cost far more right after a training step, whose kernels have evicted the
+        interpreter's working set from the caches, than in a burst."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if n == 1:
+            return [self.sample()]
+        size = self.batch_size
+        row_bytes = sum(c.itemsize * (c.size // max(1, len(c))) for c in self._columns.values()) \
+            if self._columns is not None else 0
+        per_draw = max(1, self.max_draw_bytes // max(1, row_bytes * size))
+        batches: list[Batch] = []
+        while len(batches) < n:
+            k = min(per_draw, n - len(batches))
+            tensors = self.collate(self.sample_indices(k * size))
+            batches.extend(Batch(*(t[i * size:(i + 1) * size] for t in tensors)) for i in range(k))
+        return batches
 
     def get_transition(self, index: int) -> tuple:
         """One stored transition as numpy values (slow path, for inspection and custom memories)."""

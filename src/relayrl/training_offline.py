@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from typing import Any, Callable
@@ -100,6 +101,26 @@ def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def _batch_drawer(memory) -> Callable[[int], list] | None:
+    """The memory's ``sample_batches``, if it has one that draws the batches ``sample`` would.
+
+    A subclass that changes how one batch is drawn (overrides ``sample``, ``sample_indices`` or
+    ``collate`` below the class that defines ``sample_batches``: augmentation, priorities the agent
+    updates after each step...) keeps drawing one batch per update, just before it is used."""
+    draw = getattr(memory, "sample_batches", None)
+    if not callable(draw):
+        return None
+    mro = type(memory).__mro__
+    owner = next((i for i, cls in enumerate(mro) if "sample_batches" in cls.__dict__), None)
+    if owner is None:  # set on the instance: its owner's choice
+        return draw
+    for name in ("sample", "sample_indices", "collate"):
+        defined = next((i for i, cls in enumerate(mro) if name in cls.__dict__), None)
+        if defined is not None and defined < owner:
+            return None
+    return draw
 
 
 class TrainingOffline:
@@ -225,18 +246,33 @@ class TrainingOffline:
         self.wait_until_training_allowed(interface)
         batches = iter(self.memory)
         prefetch = self.prefetch_enabled()
+        # Without prefetch, a memory that can draw several batches at once (sample_batches) draws
+        # those of all the updates until the next pull in one go: the same batches, drawn from the
+        # same memory, at a fraction of the per-update cost. If a wait pulls samples in between,
+        # the rest is drawn again from the memory as it now is.
+        draw_many = None if prefetch else _batch_drawer(self.memory)
+        drawn: deque = deque()
+        drawn_at = -1
         try:
             for step in range(self.steps):
                 if self.total_updates % self.update_buffer_interval == 0:
                     self.pull(interface)
                 t0 = time.perf_counter()
-                pending, self._pending = self._pending, None
-                try:
-                    batch = pending.result() if pending is not None else next(batches)
-                except StopIteration:
-                    raise RuntimeError(f"{type(self.memory).__name__} yielded fewer than nb_steps="
-                                       f"{self.steps} batches; its __iter__ must yield nb_steps "
-                                       "batches") from None
+                if draw_many is not None:
+                    if not drawn or drawn_at != self.total_samples:
+                        until_pull = (self.update_buffer_interval
+                                      - self.total_updates % self.update_buffer_interval)
+                        drawn = deque(draw_many(min(self.steps - step, until_pull)))
+                        drawn_at = self.total_samples
+                    batch = drawn.popleft()
+                else:
+                    pending, self._pending = self._pending, None
+                    try:
+                        batch = pending.result() if pending is not None else next(batches)
+                    except StopIteration:
+                        raise RuntimeError(f"{type(self.memory).__name__} yielded fewer than "
+                                           f"nb_steps={self.steps} batches; its __iter__ must yield "
+                                           "nb_steps batches") from None
                 # Draw the next batch while this one trains, unless a pull is due before it: the
                 # memory does not change in between, so the batch is the one drawn without prefetch.
                 if (prefetch and step + 1 < self.steps
