@@ -257,6 +257,8 @@ class Options:
     e2e_epochs: int = 20
     sb3_threads: int = 0
     sb3_eval_every: int = 1000
+    sb3_matched: bool = True
+    """(d) also runs SB3 with the learning rate of relayrl's embedded default."""
     e2e_set: list = field(default_factory=list)
     """Extra relayrl config overrides for (d), as "dotted.key=value" strings."""
     e2e_env: list = field(default_factory=list)

@@ -38,8 +38,14 @@ separate environment every 1,000 steps (``--sb3-eval-every``) and stops at the f
 so its step counts are multiples of 1,000 while relayrl's come in rounds of about 200. Wall-clock =
 training time with the evaluations' time taken out; "process" = from launch, evaluations included.
 
-Each framework runs in its own process, one after the other, alternating which goes first from one
-seed to the next.
+SB3 with relayrl's learning rate: relayrl's embedded default uses SAC learning rates of 1e-3 (the
+value RL Baselines3 Zoo tuned for Pendulum-v1; SB3's default is 3e-4), so SB3 also runs with
+``learning_rate=1e-3`` (same callback), unless ``--no-sb3-matched``: the targets compare with SB3's
+defaults, as the issue defines them, and this third row separates what relayrl's speed gives from
+what the learning rate gives ("same hyperparameters" line).
+
+Each run has its own process, one after the other; which goes first rotates from one seed to the
+next.
 """
 from __future__ import annotations
 
@@ -197,7 +203,7 @@ def child_relayrl(seed: int, run_dir: str, epochs: int, sets: list[str] = (), ev
 
 
 def child_sb3(seed: int, max_steps: int, budget: float, threads: int, out_path: str,
-              eval_every: int = 1000) -> None:
+              eval_every: int = 1000, learning_rate: float = 0.0) -> None:
     import gymnasium
     import torch
     from stable_baselines3 import SAC
@@ -210,7 +216,8 @@ def child_sb3(seed: int, max_steps: int, budget: float, threads: int, out_path: 
     launched = float(os.environ.get("RELAYRL_BENCH_LAUNCHED", time.time()))
     eval_env = Monitor(gymnasium.make("Pendulum-v1"))
     eval_env.reset(seed=10_000 + seed)
-    model = SAC("MlpPolicy", "Pendulum-v1", seed=seed, device="cpu", verbose=0)
+    kwargs = {"learning_rate": learning_rate} if learning_rate > 0 else {}  # 0: SB3's default
+    model = SAC("MlpPolicy", "Pendulum-v1", seed=seed, device="cpu", verbose=0, **kwargs)
     result = {"evals": [], "reached": None, "threads": torch.get_num_threads()}
 
     class EvalEvery(BaseCallback):
@@ -326,7 +333,18 @@ def run_relayrl(seed: int, opts: Options, log) -> dict:
                 "stderr_tail": (err or "")[-2000:] if not rows else ""}
 
 
-def run_sb3(seed: int, opts: Options, threads: int) -> dict:
+def relayrl_learning_rate(sets) -> float:
+    """The learning rate of relayrl's SAC in (d) when it differs from SB3's default (3e-4) and is the
+    same for the actor, critics and entropy coefficient (SB3 has one); else 0."""
+    from relayrl.config import RunConfig, with_overrides
+
+    sac = with_overrides(RunConfig(), **parse_sets(list(sets))).sac
+    lrs = {sac.lr_actor, sac.lr_critic, sac.lr_entropy}
+    lr = lrs.pop() if len(lrs) == 1 else 0.0
+    return lr if lr != 3e-4 else 0.0
+
+
+def run_sb3(seed: int, opts: Options, threads: int, learning_rate: float = 0.0) -> dict:
     with tempfile.TemporaryDirectory(prefix="relayrl-bench-e2e-sb3-") as tmp:
         out = os.path.join(tmp, "out.json")
         env = dict(os.environ, RELAYRL_BENCH_LAUNCHED=str(time.time()))
@@ -337,7 +355,7 @@ def run_sb3(seed: int, opts: Options, threads: int) -> dict:
             proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "sb3", "--seed", str(seed),
                                      "--max-steps", str(20_000), "--budget", str(opts.e2e_budget),
                                      "--threads", str(threads), "--out", out,
-                                     "--eval-every", str(opts.sb3_eval_every)],
+                                     "--eval-every", str(opts.sb3_eval_every), "--lr", str(learning_rate)],
                                     stdout=subprocess.DEVNULL, stderr=errfile, start_new_session=True,
                                     env=env)
             try:
@@ -370,9 +388,12 @@ def run(opts: Options) -> list[str]:
     have_sb3 = sb3_version() is not None
     log = print
     sb3_threads = opts.sb3_threads
-    relayrl_runs, sb3_runs = [], []
+    relayrl_runs, sb3_runs, matched_runs = [], [], []
+    matched_lr = relayrl_learning_rate(opts.e2e_set)
+    who_runs = ["relayrl", "sb3"] + (["sb3-matched"] if have_sb3 and opts.sb3_matched and matched_lr else [])
     for seed in range(opts.seeds):
-        order = ["relayrl", "sb3"] if seed % 2 == 0 else ["sb3", "relayrl"]
+        k = seed % len(who_runs)
+        order = who_runs[k:] + who_runs[:k]  # which goes first rotates from one seed to the next
         for who in order:
             t0 = time.perf_counter()
             if who == "relayrl":
@@ -385,10 +406,11 @@ def run(opts: Options) -> list[str]:
                 if r["stderr_tail"]:
                     log(r["stderr_tail"])
             elif have_sb3:
-                sb3_runs.append(run_sb3(seed, opts, sb3_threads))
-                r = sb3_runs[-1]
-                log(f"  SB3 seed {seed}: {r['reached'] and r['reached']['env_steps']} steps; "
-                    f"{time.perf_counter() - t0:.0f} s")
+                runs, lr = (matched_runs, matched_lr) if who == "sb3-matched" else (sb3_runs, 0.0)
+                runs.append(run_sb3(seed, opts, sb3_threads, lr))
+                r = runs[-1]
+                log(f"  SB3{f' (learning rate {lr:g})' if lr else ''} seed {seed}: "
+                    f"{r['reached'] and r['reached']['env_steps']} steps; {time.perf_counter() - t0:.0f} s")
                 if r["stderr_tail"]:
                     log(r["stderr_tail"])
 
@@ -416,17 +438,19 @@ def run(opts: Options) -> list[str]:
             p = r[key]
             lines.append(f"| {label} | {r['seed']} | {cell(p, 'env_steps')} | {cell(p, 'wall', '{:.1f}')} | "
                          f"{cell(p, 'process', '{:.1f}')} | {cell(p, 'return', '{:.1f}')} |")
-    for r in sb3_runs:
-        p = r["reached"]
-        lines.append(f"| SB3 SAC, eval (5 episodes) >= -200 | {r['seed']} | {cell(p, 'env_steps')} | "
-                     f"{cell(p, 'wall', '{:.1f}')} | {cell(p, 'process', '{:.1f}')} | "
-                     f"{cell(p, 'return', '{:.1f}')} |")
+    matched_label = f"SB3 SAC, learning rate {matched_lr:g} (relayrl's)"
+    for label, runs in (("SB3 SAC", sb3_runs), (matched_label, matched_runs)):
+        for r in runs:
+            p = r["reached"]
+            lines.append(f"| {label}, eval (5 episodes) >= -200 | {r['seed']} | {cell(p, 'env_steps')} | "
+                         f"{cell(p, 'wall', '{:.1f}')} | {cell(p, 'process', '{:.1f}')} | "
+                         f"{cell(p, 'return', '{:.1f}')} |")
     for r in relayrl_runs:
         if not r["first_row"] or not r["five_episodes"] or not r["eval"]:
             lines.append(f"| relayrl seed {r['seed']}, at the stop | {r['seed']} | {r['last_env_steps']} | "
                          f"{r['train_wall']:.1f} | {r['process_wall']:.1f} | {r['last_updates']} updates "
                          f"in {r['rows']} rounds |")
-    for r in sb3_runs:
+    for r in sb3_runs + matched_runs:
         if not r["reached"] and r["evals"]:
             p = r["evals"][-1]
             lines.append(f"| SB3 seed {r['seed']}, last evaluation | {r['seed']} | {p['env_steps']} | "
@@ -450,6 +474,13 @@ def run(opts: Options) -> list[str]:
         n_reached = sum(1 for r in sb3_runs if r["reached"])
         summary.append(f"| SB3 SAC ({n_reached}/{len(sb3_runs)} reached) | {_f(sb3_steps, '{:.0f}')} | "
                        f"{_f(sb3_wall, '{:.1f}')} | 1.00 | 1.00 |")
+    if matched_runs:
+        m_steps = _median([r["reached"]["env_steps"] if r["reached"] else None for r in matched_runs])
+        m_wall = _median([r["reached"]["wall"] if r["reached"] else None for r in matched_runs])
+        n_reached = sum(1 for r in matched_runs if r["reached"])
+        summary.append(f"| {matched_label} ({n_reached}/{len(matched_runs)} reached) | "
+                       f"{_f(m_steps, '{:.0f}')} | {_f(m_wall, '{:.1f}')} | "
+                       f"{_f(m_steps / sb3_steps, '{:.2f}x')} | {_f(m_wall / sb3_wall, '{:.2f}x')} |")
     lines += summary
     lines.append("")
     lines.append("(medians over the seeds that reached the target; a run that did not is left out and "
@@ -463,10 +494,13 @@ def run(opts: Options) -> list[str]:
             f"first-row criterion: steps {_f(medians['first_row'][0] / sb3_steps, '{:.2f}x')}, "
             f"wall-clock {_f(medians['first_row'][1] / sb3_wall, '{:.2f}x')} of SB3's; "
             f"5-episode criterion: steps {_f(medians['five_episodes'][0] / sb3_steps, '{:.2f}x')}, "
-            f"wall-clock {_f(medians['five_episodes'][1] / sb3_wall, '{:.2f}x')} of SB3's"]))
+            f"wall-clock {_f(medians['five_episodes'][1] / sb3_wall, '{:.2f}x')} of SB3's"]
+            + ([f"same hyperparameters (SB3 with learning rate {matched_lr:g}, like relayrl's default): "
+                f"relayrl's steps {_f(steps / m_steps, '{:.2f}x')}, wall-clock "
+                f"{_f(wall / m_wall, '{:.2f}x')} of SB3's"] if matched_runs else [])))
     else:
         out.insert(0, sb3_skip_note("the SB3 runs of (d)"))
-    opts.results["e2e"] = {"relayrl": relayrl_runs, "sb3": sb3_runs}
+    opts.results["e2e"] = {"relayrl": relayrl_runs, "sb3": sb3_runs, "sb3_matched": matched_runs}
     return out
 
 
@@ -485,8 +519,9 @@ if __name__ == "__main__":
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--eval-path", default="")
+    p.add_argument("--lr", type=float, default=0.0)
     a = p.parse_args()
     if a.who == "relayrl":
         child_relayrl(a.seed, a.run_dir, a.epochs, a.set, a.eval_every, a.eval_path)
     else:
-        child_sb3(a.seed, a.max_steps, a.budget, a.threads, a.out, a.eval_every)
+        child_sb3(a.seed, a.max_steps, a.budget, a.threads, a.out, a.eval_every, a.lr)

@@ -47,6 +47,10 @@ def parse(argv=None):
                    help="end-to-end: torch threads of the SB3 runs (default 0: torch's default, one per core)")
     p.add_argument("--sb3-eval-every", type=int, default=1000,
                    help="end-to-end: SB3 evaluates (5 deterministic episodes) every this many steps")
+    p.add_argument("--no-sb3-matched", action="store_true",
+                   help="end-to-end: skip the SB3 runs with relayrl's learning rate (by default SB3 also "
+                        "runs with the learning rate of relayrl's embedded default, to separate the "
+                        "framework's speed from that setting)")
     p.add_argument("--e2e-set", action="append", default=[], metavar="KEY=VALUE",
                    help="end-to-end: override a relayrl config field (dotted, e.g. "
                         "training.torch_threads=1; repeatable) to try a setting against the default")
@@ -107,6 +111,7 @@ def options_from(args) -> Options:
                    threads=max(1, args.threads), seeds=max(1, args.seeds),
                    e2e_budget=args.e2e_budget, e2e_epochs=args.e2e_epochs,
                    sb3_threads=args.sb3_threads, sb3_eval_every=max(1, args.sb3_eval_every),
+                   sb3_matched=not args.no_sb3_matched,
                    e2e_set=list(args.e2e_set), e2e_env=list(args.e2e_env),
                    learning_seeds=max(1, args.learning_seeds), learning_steps=max(500, args.learning_steps),
                    verbose=args.verbose)

@@ -66,3 +66,35 @@ def test_learning_curve_benchmark_runs_and_its_test_is_exact():
     assert "### learning curves" in text
     for variant in ("bare", "relayrl serial", "relayrl parallel"):
         assert f"| {variant} |" in text
+
+
+@pytest.mark.skipif(not os.path.exists(RUN), reason="benchmarks/ not present")
+def test_end_to_end_tables_build_from_runs(monkeypatch):
+    """(d)'s tables, medians and target lines, from made-up runs (the real ones take minutes)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import bench_e2e
+        from _common import Options
+    finally:
+        sys.path.pop(0)
+    point = lambda steps, wall: {"env_steps": steps, "wall": wall, "process": wall + 3, "return": -150.0}  # noqa: E731
+
+    def fake_relayrl(seed, opts, log):
+        p = point(3061 + 1000 * seed, 20.0 + seed)
+        return {"seed": seed, "rows": 10, "first_row": p, "five_episodes": p, "eval": p, "evals": [p],
+                "last_env_steps": 4000, "last_updates": 3900, "train_wall": 30.0, "process_wall": 35.0,
+                "threads": 1, "stderr_tail": ""}
+
+    def fake_sb3(seed, opts, threads, learning_rate=0.0):
+        p = point(4000 if learning_rate else 5000, 40.0 if learning_rate else 50.0)
+        return {"seed": seed, "reached": p, "evals": [p], "threads": 2, "stderr_tail": ""}
+
+    monkeypatch.setattr(bench_e2e, "run_relayrl", fake_relayrl)
+    monkeypatch.setattr(bench_e2e, "run_sb3", fake_sb3)
+    monkeypatch.setattr(bench_e2e, "sb3_version", lambda: "2.x")
+    text = "\n".join(bench_e2e.run(Options(seeds=3)))
+    assert "SB3 SAC, learning rate 0.001 (relayrl's), eval" in text
+    # medians: relayrl 4061 steps / 21 s; SB3 5000 / 50 s; SB3 at relayrl's learning rate 4000 / 40 s
+    assert "TARGET (d) relayrl env steps / SB3 (SB3-like eval, median): 0.812" in text
+    assert "TARGET (d) relayrl wall-clock / SB3 (SB3-like eval, median): 0.420 (target <= 0.5) -> MET" in text
+    assert "relayrl's steps 1.02x, wall-clock 0.53x of SB3's" in text

@@ -14,6 +14,18 @@ def test_defaults_are_valid():
     assert t.epochs * t.rounds * t.steps <= 10_000  # the embedded default's budget
 
 
+def test_embedded_sac_learning_rates_survive_a_partial_sac_table(tmp_path):
+    from relayrl.algorithms.sac import SACConfig
+    from relayrl.config import EMBEDDED_SAC
+
+    assert SACConfig().lr_critic == 3e-4  # the library's default stays SB3's
+    assert RunConfig().sac.lr_critic == EMBEDDED_SAC["lr_critic"] == 1e-3
+    f = tmp_path / "run.toml"
+    f.write_text("[sac]\ngamma = 0.98\nlr_actor = 5e-4\n")
+    c = load_config(f)
+    assert (c.sac.gamma, c.sac.lr_actor, c.sac.lr_critic, c.sac.lr_entropy) == (0.98, 5e-4, 1e-3, 1e-3)
+
+
 def test_toml_file_and_flags_precedence(tmp_path):
     f = tmp_path / "run.toml"
     f.write_text('env = "MountainCarContinuous-v0"\nseed = 3\n[training]\nepochs = 4\nsteps = 50\n'
