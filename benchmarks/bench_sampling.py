@@ -171,6 +171,13 @@ def run(opts: Options) -> list[str]:
                 finally:
                     memory.float_observations = True
             samplers["relayrl ReplayMemory, float_observations=False"] = sample_uint8
+        per_call = {}
+        if hasattr(memory, "sample_batches"):
+            # how TrainingOffline draws: the batches of all the updates between two pulls in one go
+            # (20 with relayrl train's update_buffer_interval); counted in batches, not calls
+            many = "relayrl ReplayMemory, 20 at a time (sample_batches)"
+            samplers[many] = lambda memory=memory: memory.sample_batches(20)
+            per_call[many] = 20
         tmrl = TmrlStyleMemory(cols, size)
         samplers["tmrl-style (re-creation)"] = tmrl.sample
         if have_sb3:
@@ -185,7 +192,7 @@ def run(opts: Options) -> list[str]:
 
         def rate(name):
             fn, n = samplers[name], counts[name]
-            return lambda: n / time_calls(fn, n)
+            return lambda: n * per_call.get(name, 1) / time_calls(fn, n)
 
         res = interleaved({name: rate(name) for name in samplers}, repeats, log=opts.log)
         series = list(res.values())
@@ -194,6 +201,8 @@ def run(opts: Options) -> list[str]:
         res_note = {"relayrl ReplayMemory": "float32 tensors out",
                     "relayrl ReplayMemory, float_observations=False": "obs keep their dtype (uint8)",
                     "tmrl-style (re-creation)": "per-sample index + collate, float32 out",
+                    "relayrl ReplayMemory, 20 at a time (sample_batches)":
+                        "one gather per field for 20 batches, as the training loop draws",
                     "SB3 ReplayBuffer.sample": "obs keep their dtype" + (" (uint8)" if image else "")}
         for s in series:
             s.note = res_note.get(s.name, "")

@@ -181,3 +181,18 @@ def test_sample_batches_errors():
     m.append(make_buffer(10))
     with pytest.raises(ValueError, match="n must be >= 1"):
         m.sample_batches(0)
+
+
+def test_batches_per_draw_follows_the_batch_size_in_bytes():
+    m = ReplayMemory(nb_steps=1, batch_size=256, capacity=1000, seed=0)
+    assert m.batch_bytes == 0 and m.batches_per_draw >= 1  # nothing stored yet
+    m.append(make_buffer(300))  # obs 3, act 1: 10 float32 per transition as handed out
+    assert m.batch_bytes == 256 * 10 * 4
+    assert m.batches_per_draw == (4 << 20) // (256 * 40)
+    obs = np.zeros((10, 4, 64, 64), np.uint8)
+    b = Buffer(obs=obs, act=np.zeros((10, 2), np.float32), rew=np.zeros(10, np.float32),
+               next_obs=obs, terminated=np.zeros(10, bool), truncated=np.zeros(10, bool))
+    images = ReplayMemory(nb_steps=1, batch_size=256, capacity=300, seed=0, float_observations=False)
+    images.append(b)
+    assert images.batch_bytes == 256 * (2 * 4 * 64 * 64 + 2 * 4 + 3 * 4)  # uint8 observations
+    assert images.batches_per_draw == 1  # 8 MB a batch: drawn one at a time

@@ -442,3 +442,13 @@ def test_a_memory_that_changes_how_one_batch_is_drawn_draws_one_per_update():
     t.prefetch = False
     t.run_epoch(ScriptedInterface(t, per_pull=50))
     assert events == ["sample", "train"] * 12
+
+
+def test_batches_drawn_at_once_are_capped_by_the_memory():
+    t = make(steps=12, update_buffer_interval=100, batch_size=2,
+             memory_cls=functools.partial(RecordingDraws, batch_size=2, capacity=1000, seed=0))
+    t.memory.max_draw_bytes = 3 * t.memory.batch_size * 4 * 10  # 3 batches of 10 float32 columns
+    t.prefetch = False
+    t.run_epoch(ScriptedInterface(t, per_pull=50))
+    assert t.memory.batches_per_draw == 3
+    assert [n for n, _ in t.memory.draws] == [3, 3, 3, 3]

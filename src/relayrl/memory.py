@@ -188,29 +188,50 @@ class ReplayMemory(Memory):
     def sample(self) -> Batch:
         return self.collate(self.sample_indices())
 
-    #: Most bytes one gather of :meth:`sample_batches` collates (larger requests are split).
-    max_draw_bytes = 64 << 20
+    #: Most bytes of batches :meth:`sample_batches` gathers at once (see :attr:`batches_per_draw`).
+    max_draw_bytes = 4 << 20
+
+    @property
+    def batch_bytes(self) -> int:
+        """Bytes of one batch as handed out (0 before the first append)."""
+        if self._columns is None:
+            return 0
+        total = 0
+        for name, column in self._columns.items():
+            per_row = column.size // max(1, len(column))
+            keeps_dtype = not self.float_observations and name in ("obs", "next_obs")
+            total += per_row * (column.itemsize if keeps_dtype else 4)
+        return total * self.batch_size
+
+    @property
+    def batches_per_draw(self) -> int:
+        """How many batches :meth:`sample_batches` gathers in one go: as many as fit in
+        :attr:`max_draw_bytes` (a few hundred of Pendulum's, which are 10 KB each), at least 1 (so
+        image batches are drawn one at a time, as by :meth:`sample`)."""
+        return max(1, self.max_draw_bytes // max(1, self.batch_bytes))
 
     def sample_batches(self, n: int) -> list[Batch]:
         """``n`` batches at once: the very batches ``n`` calls of :meth:`sample` would return (the
-        same draws from the generator), gathered with one indexing operation per field and handed
-        out as contiguous slices of the result.
+        same draws from the generator), gathered with one indexing operation per field for every
+        :attr:`batches_per_draw` batches and handed out as contiguous slices of the result.
 
-        ``TrainingOffline`` uses it to draw, in one go, the batches of all the updates until its
-        next pull (the memory does not change in between): per update, the Python and numpy calls
-        of a draw cost far more right after a training step, whose kernels have evicted the
-        interpreter's working set from the caches, than in a burst."""
+        ``TrainingOffline`` uses it to draw the batches of the updates until its next pull (the
+        memory does not change in between), at most :attr:`batches_per_draw` at a time. Per update,
+        the Python and numpy calls of a draw cost several times more right after a training step
+        (whose kernels have evicted the interpreter's working set from the caches) than in a burst:
+        about 240 vs 45 us per SAC update of Pendulum size, measured in
+        ``benchmarks/bench_overhead.py``'s rounds."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if n == 1:
             return [self.sample()]
-        size = self.batch_size
-        row_bytes = sum(c.itemsize * (c.size // max(1, len(c))) for c in self._columns.values()) \
-            if self._columns is not None else 0
-        per_draw = max(1, self.max_draw_bytes // max(1, row_bytes * size))
+        size, per_draw = self.batch_size, self.batches_per_draw
         batches: list[Batch] = []
         while len(batches) < n:
             k = min(per_draw, n - len(batches))
+            if k == 1:
+                batches.append(self.sample())
+                continue
             tensors = self.collate(self.sample_indices(k * size))
             batches.extend(Batch(*(t[i * size:(i + 1) * size] for t in tensors)) for i in range(k))
         return batches

@@ -262,7 +262,8 @@ class TrainingOffline:
                     if not drawn or drawn_at != self.total_samples:
                         until_pull = (self.update_buffer_interval
                                       - self.total_updates % self.update_buffer_interval)
-                        drawn = deque(draw_many(min(self.steps - step, until_pull)))
+                        wanted = min(self.steps - step, until_pull)
+                        drawn = deque(draw_many(min(wanted, getattr(self.memory, "batches_per_draw", wanted))))
                         drawn_at = self.total_samples
                     batch = drawn.popleft()
                 else:
