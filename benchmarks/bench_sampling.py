@@ -172,9 +172,11 @@ def run(opts: Options) -> list[str]:
                     memory.float_observations = True
             samplers["relayrl ReplayMemory, float_observations=False"] = sample_uint8
         per_call = {}
-        if hasattr(memory, "sample_batches"):
+        if getattr(memory, "batches_per_draw", 1) >= 20:
             # how TrainingOffline draws: the batches of all the updates between two pulls in one go
-            # (20 with relayrl train's update_buffer_interval); counted in batches, not calls
+            # (20 with relayrl train's update_buffer_interval); counted in batches, not calls. (Not
+            # for images: a batch of them fills the memory's 4 MB draw limit, so the loop draws
+            # those one at a time, as sample() does.)
             many = "relayrl ReplayMemory, 20 at a time (sample_batches)"
             samplers[many] = lambda memory=memory: memory.sample_batches(20)
             per_call[many] = 20
