@@ -36,6 +36,20 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2:].split()[0] != "Z"
 
 
+def stack_dump(pid: int) -> str:
+    """The Python stacks of ``pid`` if py-spy is installed (a diagnostic for a hang), else ''."""
+    import shutil
+
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+    if spy is None:
+        return ""
+    try:
+        return subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True,
+                              timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def wait_until(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -93,7 +107,12 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_stop_the_workers(train, tmp_pa
     proc = train()
     workers = _workers(train, proc)
     proc.send_signal(sig)
-    assert proc.wait(timeout=60) == 130
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running 60 s after {sig!r}:\n{stack_dump(proc.pid)}\n"
+                             f"{(tmp_path / 'train.err').read_text()[-3000:]}") from None
+    assert code == 130
     err = (tmp_path / "train.err").read_text()
     assert "interrupted: saved" in err, err[-2000:]
     assert (tmp_path / "run" / "checkpoints" / "latest").exists()

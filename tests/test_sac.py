@@ -456,6 +456,67 @@ def test_parallel_update_errors_surface_and_leave_no_thread_running():
     agent.close()
 
 
+def _closes_within(agent, seconds: float) -> bool:
+    import threading
+
+    closer = threading.Thread(target=agent.close, daemon=True)
+    closer.start()
+    closer.join(seconds)
+    return not closer.is_alive()
+
+
+@pytest.mark.parametrize("where", ["in submit", "in the actor step", "while waiting"])
+def test_parallel_update_interrupted_anywhere_leaves_no_thread_waiting(where, monkeypatch):
+    """Ctrl+C or SIGTERM (KeyboardInterrupt) can arrive at any point of the caller's side; train()
+    must still return only when the critic side is done, and never leave it waiting forever."""
+    agent = make_agent(parallel_update=True)
+    agent.train(make_batch())
+    critic_side_done, interrupted = [], []
+    pool = agent._critic_thread
+    real_submit = pool.submit
+
+    def submit(fn, *args):
+        def tracked():
+            try:
+                return fn(*args)
+            finally:
+                critic_side_done.append(fn.__name__)
+        future = real_submit(tracked)
+        if where == "in submit" and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt  # after queuing the task: the caller never sees the future
+        return future
+
+    pool.submit = submit
+    if where == "in the actor step":
+        agent._actor_step = lambda: (_ for _ in ()).throw(KeyboardInterrupt())
+    elif where == "while waiting":
+        real_loss = agent._critic_loss
+
+        def slow_loss(*args):
+            import time
+            time.sleep(0.2)
+            return real_loss(*args)
+
+        agent._critic_loss = slow_loss
+        agent._actor_step = lambda: (_ for _ in ()).throw(KeyboardInterrupt())
+        import relayrl.algorithms.sac as sac
+        real_wait = sac.futures_wait
+
+        def interrupted_wait(*args, **kwargs):  # a second Ctrl+C while waiting for the critic side
+            if not interrupted:
+                interrupted.append(True)
+                raise KeyboardInterrupt
+            return real_wait(*args, **kwargs)
+
+        monkeypatch.setattr(sac, "futures_wait", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        agent.train(make_batch())
+    assert "critic_side" in critic_side_done  # finished before train() returned
+    pool.submit = real_submit
+    assert _closes_within(agent, 10.0), "the critic thread is stuck"
+
+
 def test_parallel_update_default_follows_the_device_and_cores(monkeypatch):
     import relayrl.algorithms.sac as sac
 

@@ -72,6 +72,19 @@ METRIC_KEYS = ("loss_critic", "loss_actor", "loss_entropy_coef", "entropy_coef",
 # ------------------------------------------------------------------------------------------------
 # configuration
 # ------------------------------------------------------------------------------------------------
+def _wait_through_interrupts(future) -> None:
+    """Wait until ``future`` is done, even if KeyboardInterrupt arrives meanwhile (re-raised after)."""
+    interrupted = None
+    while True:
+        try:
+            futures_wait([future])
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
 @dataclass
 class SACConfig:
     """Hyperparameters of :class:`SACAgent`. Defaults are Stable-Baselines3's SAC defaults."""
@@ -584,8 +597,9 @@ class SACAgent(TrainingAgent):
             # (again after a fork: the child does not inherit the parent's threads)
             self._critic_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relayrl-sac-critic")
             self._critic_thread_pid = os.getpid()
-        future = self._critic_thread.submit(critic_side)
+        future = None
         try:
+            future = self._critic_thread.submit(critic_side)
             try:
                 loss_actor, loss_entropy, logprob_mean = self._actor_backward(obs, alpha, self._gen_policy)
             finally:
@@ -593,7 +607,17 @@ class SACAgent(TrainingAgent):
             target_done.wait()
             self._actor_step()
         finally:
-            futures_wait([future])  # never leave the other thread running, even on an error
+            # Whatever happened here (an error, or Ctrl+C / SIGTERM raising KeyboardInterrupt at any
+            # point, even inside submit), the critic side is never left waiting, and this returns
+            # only once it is done: a checkpoint saved after an interrupt never sees a step in flight.
+            actor_backward_done.set()
+            if future is not None:
+                _wait_through_interrupts(future)
+            else:  # submit itself was interrupted: wait for a task it may have queued anyway
+                try:
+                    _wait_through_interrupts(self._critic_thread.submit(lambda: None))
+                except RuntimeError:  # the pool is shut down: nothing of ours can be in it
+                    pass
         q, loss_critic, target = future.result()
         self._after_critic_step()
         return self._metrics(loss_critic, loss_actor, loss_entropy, alpha, q, target, logprob_mean)
