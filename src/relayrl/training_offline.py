@@ -61,8 +61,9 @@ STATS_KEYS: dict[str, str] = {
     "memory_len": "transitions the memory can sample, at the end of the round",
     "round_time": "seconds: wall-clock duration of the round, waits included",
     "idle_time": "seconds: all time spent waiting for samples in the round (gate and ratio cap)",
-    "sampling_duration": "seconds: mean time the loop spent getting a batch (drawing it, or waiting for "
-                         "the one prefetched while the previous update trained)",
+    "sampling_duration": "seconds: mean time the loop spent getting a batch (drawing it, its share of "
+                         "the batches drawn at once until the next pull, or waiting for the one "
+                         "prefetched while the previous update trained)",
     "training_step_duration": "seconds: mean time of one agent.train(batch) call",
     "buffer_pull_duration": "seconds: total time spent pulling buffers into the memory",
     "updates_per_second": "updates in the round / round_time",
@@ -147,6 +148,14 @@ class TrainingOffline:
     means automatic: on for a CUDA device (the host-to-device copy overlaps the update), off for
     other accelerators, and on a CPU only when a core is free for the thread, so that it does not
     compete with training (e.g. SAC's parallel update on 2 cores).
+
+    Without prefetch, a memory with a ``sample_batches(n)`` method (``ReplayMemory`` has one)
+    draws the batches of the updates until the next scheduled pull in one go, at most
+    ``memory.batches_per_draw`` at a time: the same batches as one draw per update, at a fraction
+    of the per-update cost (right after a training step, each Python and numpy call of a draw runs
+    with cold caches). A pull while waiting for samples makes the rest come from the new memory. A
+    memory subclass that overrides ``sample``, ``sample_indices`` or ``collate`` keeps one draw per
+    update.
     """
 
     prefetch: bool | None = None
