@@ -108,3 +108,20 @@ def test_print_config_writes_toml_that_config_reads_back(tmp_path, capsys):
     assert main(["train", "--config", str(path), "--print-config"]) == 0
     assert capsys.readouterr().out == text
     assert load_config(path).training.epochs == 7
+
+
+def test_done_line_averages_the_latest_test_episodes():
+    import pandas as pd
+
+    from relayrl.cli import done_line
+
+    def row(epoch, rnd, ret, n):
+        return pd.Series({"epoch": epoch, "round": rnd, "total_samples": 1000 + rnd, "total_updates": 990 + rnd,
+                          "return_test": ret, "episodes_test": n})
+
+    rows = [row(0, 0, -900.0, 4), row(0, 1, -300.0, 3), row(0, 2, -100.0, 2), row(0, 3, float("nan"), 0)]
+    line = done_line(rows, "runs/x")
+    # the last round has no test episode: the latest 5 are the 2 of round 2 and the 3 of round 1
+    assert line == ("done: 1003 env steps, 993 updates; mean test return -220.0 over the latest 5 test "
+                    "episodes (since epoch 0, round 1); run directory runs/x")
+    assert "no test episode finished" in done_line([row(0, 0, float("nan"), 0)], "r")

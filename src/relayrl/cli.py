@@ -115,10 +115,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     rows = run_local(config, progress=not args.no_progress, print_tables=not args.quiet)
     if rows:
-        last = rows[-1]
-        print(f"done: {int(last['total_samples'])} env steps, {int(last['total_updates'])} updates; "
-              f"last test return {last['return_test']:.1f}; run directory {config.run_dir}")
+        print(done_line(rows, config.run_dir))
     return 0
+
+
+def done_line(rows, run_dir: str, episodes: int = 5) -> str:
+    """The closing line of a run: counters, and the mean return of the latest ``episodes`` test
+    episodes (from the latest rounds that finished any; the last round alone often has none)."""
+    last = rows[-1]
+    total, count, first_round = 0.0, 0, None
+    for row in reversed(rows):
+        n = int(row.get("episodes_test", 0) or 0)
+        ret = row.get("return_test")
+        if n > 0 and ret == ret:  # not NaN
+            total, count = total + float(ret) * n, count + n
+            first_round = row
+            if count >= episodes:
+                break
+    if count:
+        where = f"epoch {int(first_round['epoch'])}, round {int(first_round['round'])}"
+        returns = f"mean test return {total / count:.1f} over the latest {count} test episodes (since {where})"
+    else:
+        returns = "no test episode finished"
+    return (f"done: {int(last['total_samples'])} env steps, {int(last['total_updates'])} updates; "
+            f"{returns}; run directory {run_dir}")
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:
@@ -137,9 +157,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     rows = run_trainer(config, plan, progress=not args.no_progress, print_tables=not args.quiet,
                        status_interval=args.status_interval)
     if rows:
-        last = rows[-1]
-        print(f"done: {int(last['total_samples'])} env steps, {int(last['total_updates'])} updates; "
-              f"last test return {last['return_test']:.1f}; run directory {config.run_dir}", flush=True)
+        print(done_line(rows, config.run_dir), flush=True)
     return 0
 
 
