@@ -20,9 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import Options  # noqa: E402
 
-ORDER = ["overhead", "sampling", "sac", "memory", "e2e", "learning"]
+ORDER = ["overhead", "sampling", "sac", "compile", "memory", "e2e", "learning"]
 MODULES = {"overhead": "bench_overhead", "sampling": "bench_sampling", "sac": "bench_sac",
-           "memory": "bench_memory", "e2e": "bench_e2e", "learning": "bench_learning"}
+           "compile": "bench_compile", "memory": "bench_memory", "e2e": "bench_e2e",
+           "learning": "bench_learning"}
 
 
 def parse(argv=None):
@@ -95,6 +96,8 @@ def child_argv(args, name: str, json_path: str) -> list[str]:
         argv += ["--e2e-set", item]
     for item in args.e2e_env:
         argv += ["--e2e-env", item]
+    if args.no_sb3_matched:
+        argv.append("--no-sb3-matched")
     if args.quick:
         argv.append("--quick")
     if args.smoke:

@@ -98,3 +98,10 @@ def test_end_to_end_tables_build_from_runs(monkeypatch):
     assert "TARGET (d) relayrl env steps / SB3 (SB3-like eval, median): 0.812" in text
     assert "TARGET (d) relayrl wall-clock / SB3 (SB3-like eval, median): 0.420 (target <= 0.5) -> MET" in text
     assert "relayrl's steps 1.02x, wall-clock 0.53x of SB3's" in text
+
+
+@pytest.mark.skipif(not os.path.exists(RUN), reason="benchmarks/ not present")
+def test_compile_benchmark_runs():
+    text = run_benchmarks("compile")
+    assert "torch.compile: SAC updates/s with compiled networks" in text
+    assert "compiled / eager:" in text
