@@ -161,12 +161,15 @@ def run(opts: Options) -> list[str]:
         agent, memory = training.agent, training.memory
         presampled = [memory.sample() for _ in range(steps)]
 
-        def round_(name, training=training, interface=interface, prefetch=None):
+        def round_(name, training=training, interface=interface, prefetch=None, draw_ahead=True):
             training.prefetch = prefetch  # None: relayrl's automatic choice
+            if not draw_ahead:  # the loop then draws one batch per update, just before it
+                training.memory.sample_batches = None
             try:
                 return timed(lambda: rows.setdefault(name, []).append(training.run_round(interface)))
             finally:
                 training.prefetch = None
+                vars(training.memory).pop("sample_batches", None)
 
         def train_presampled(agent=agent, presampled=presampled):
             def go():
@@ -183,8 +186,12 @@ def run(opts: Options) -> list[str]:
         variants[control_name] = train_presampled
         # the other prefetch setting, to show whether the automatic choice is the faster one
         variants[flipped_name] = functools.partial(round_, flipped_name, prefetch=not auto)
+        # without the batches between two pulls drawn in one go, to show what that saves
+        one_name = f"{mode}: round, prefetch off, one draw per update"
+        variants[one_name] = functools.partial(round_, one_name, prefetch=False, draw_ahead=False)
         names[mode] = (ref_name, round_name, control_name, flipped_name,
-                       "prefetch on" if auto else "prefetch off")
+                       "prefetch on" if auto else "prefetch off", one_name,
+                       flipped_name if auto else round_name)
 
     res = interleaved(variants, repeats, log=opts.log)
     extra = (f"set-up: Pendulum-v1 spaces, ReplayMemory(batch 256), SACAgent hidden (256, 256), "
@@ -197,7 +204,12 @@ def run(opts: Options) -> list[str]:
         return [r["round_time"] / (r["training_step_duration"] * steps) for r in rows[name][1:]]
 
     ratios = {}
-    for mode, (ref_name, round_name, control_name, flipped_name, prefetch_state) in names.items():
+    def drawing_us(name):
+        """Median over the measured rounds of the row's sampling_duration, in us per update."""
+        return statistics.median(r["sampling_duration"] * 1e6 for r in rows[name][1:])
+
+    for mode, (ref_name, round_name, control_name, flipped_name, prefetch_state, one_name,
+               ahead_name) in names.items():
         ref = res[ref_name].scaled(1e3 / steps)
         rnd = res[round_name].scaled(1e3 / steps)
         control = res[control_name].scaled(1e3 / steps)
@@ -207,11 +219,13 @@ def run(opts: Options) -> list[str]:
                         "the round's training_step_duration (wall only)")
         control.note = "the reference again (A/A control: the between-run noise floor)"
         flipped.note = "the other prefetch setting, forced"
+        one = res[one_name].scaled(1e3 / steps)
+        one.note = "ReplayMemory.sample_batches hidden: the loop draws each batch just before its update"
         ref.note = f"reference: agent.train(b) on batches drawn beforehand ({mode} update)"
         rnd.note = (f"TorchTrainingOffline.run_round, real memory + SAC ({mode} update), fake "
                     f"interface, {prefetch_state} (automatic)")
         out.append(table(f"(a) wrapper overhead, {mode} SAC update: TorchTrainingOffline round vs "
-                         "train() on pre-sampled batches", [ref, control, rnd, inside, flipped],
+                         "train() on pre-sampled batches", [ref, control, rnd, inside, flipped, one],
                          "ms/update", ref_name, "time ratio", header_extra=extra,
                          higher_is_better=False))
         w = sorted(within(round_name))
@@ -221,7 +235,9 @@ def run(opts: Options) -> list[str]:
             "control": control.median / ref.median, "within": statistics.median(w),
             "within_min": w[0], "within_max": w[-1], "within_flipped": statistics.median(wf),
             "flipped": flipped.median / ref.median, "flipped_label": flipped_name.split(", ")[1],
-            "extra_us": (statistics.median(w) - 1) * inside.median * 1e3}
+            "extra_us": (statistics.median(w) - 1) * inside.median * 1e3,
+            "draw_ahead_us": drawing_us(ahead_name), "draw_one_us": drawing_us(one_name),
+            "within_one": statistics.median(within(one_name))}
     for mode, r in ratios.items():
         out.append(f"{mode} update: within the round, round_time / its agent.train time = "
                    f"{r['within']:.3f} (median of {repeats} rounds; min {r['within_min']:.3f}, max "
@@ -229,7 +245,10 @@ def run(opts: Options) -> list[str]:
                    f"{r['flipped_label']} instead: {r['within_flipped']:.3f}. Between runs: round / "
                    f"pre-sampled = {r['between']:.3f} (CPU-time ratio {r['cpu']:.3f}; with "
                    f"{r['flipped_label']}: {r['flipped']:.3f}), while the A/A control, the same "
-                   f"pre-sampled variant run twice, gives {r['control']:.3f}")
+                   f"pre-sampled variant run twice, gives {r['control']:.3f}. Drawing the batches "
+                   f"(prefetch off): {r['draw_ahead_us']:.0f} us/update when the loop draws those "
+                   f"between two pulls at once, {r['draw_one_us']:.0f} us/update one draw per update "
+                   f"(within-round ratio then {r['within_one']:.3f})")
     default_mode = "parallel" if SACAgent(*_pendulum_spaces()).parallel_update else "serial"
     other_mode = "serial" if default_mode == "parallel" else "parallel"
     r = ratios[default_mode]

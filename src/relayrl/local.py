@@ -37,8 +37,14 @@ def stop_requested(stop_event, check_interval: float = 0.5):
     return should_stop
 
 
-def _terminate_as_interrupt(signum, frame) -> None:
+def terminate_as_interrupt(signum, frame) -> None:
+    """SIGTERM handler of the trainer-side commands: stop as on Ctrl+C (a checkpoint, then exit)."""
     raise KeyboardInterrupt
+
+
+def threading_is_main() -> bool:
+    """Signal handlers can only be installed from the main thread."""
+    return threading.current_thread() is threading.main_thread()
 
 
 def worker_process_main(env_id: str, actor_factory, buffer_endpoint: str, weights_endpoint: str,
@@ -128,8 +134,8 @@ def run_local(config: RunConfig, progress: bool = True, print_tables: bool = Tru
     # SIGTERM (kill, a batch scheduler, a container stop) is handled like Ctrl+C: the trainer
     # saves a checkpoint and the workers are stopped, instead of dying with them left behind
     previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    if threading_is_main():
+        previous = signal.signal(signal.SIGTERM, terminate_as_interrupt)
     try:
         for p in processes:
             p.start()

@@ -223,8 +223,6 @@ class ReplayMemory(Memory):
         ``benchmarks/bench_overhead.py``'s rounds."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        if n == 1:
-            return [self.sample()]
         size, per_draw = self.batch_size, self.batches_per_draw
         batches: list[Batch] = []
         while len(batches) < n:

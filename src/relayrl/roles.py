@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .local import LocalWorkersInterface
+from .local import LocalWorkersInterface, terminate_as_interrupt, threading_is_main
 from .trainer import Trainer
 
 if TYPE_CHECKING:
@@ -364,10 +364,6 @@ def plan_trainer(args) -> TrainerPlan:
     return TrainerPlan(buffers, weights, bool(args.connect_relay), security, args.insecure)
 
 
-def _terminate_as_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def run_trainer(config: "RunConfig", plan: TrainerPlan, *, progress: bool = True, print_tables: bool = True,
                 status_interval: float = DEFAULT_STATUS_INTERVAL) -> list:
     """Train ``config`` on remote workers through ``plan``'s transport; return the rows. Ctrl+C or
@@ -413,7 +409,7 @@ def run_trainer(config: "RunConfig", plan: TrainerPlan, *, progress: bool = True
                 config.workers.env_steps_per_update is not None else "no rate limit")
         say(f"trainer: {where}; {curve}; {rate}; run directory {config.run_dir}")
         if threading_is_main():
-            signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+            signal.signal(signal.SIGTERM, terminate_as_interrupt)
         interface = RemoteWorkersInterface(transport, status_interval, connections)
         try:
             rows = trainer.run(interface)
@@ -427,11 +423,6 @@ def run_trainer(config: "RunConfig", plan: TrainerPlan, *, progress: bool = True
         if connections is not None:
             connections.close()
         transport.close()
-
-
-def threading_is_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 # --- worker ----------------------------------------------------------------------------------------------
@@ -675,7 +666,7 @@ def run_relay(plan: RelayPlan, *, status_interval: float = DEFAULT_STATUS_INTERV
             f"{relay.worker_weights_endpoint} (weights); the trainer to {relay.trainer_buffer_endpoint} and "
             f"{relay.trainer_weights_endpoint}; {'CURVE on' if plan.security else 'plaintext (no keys)'}")
         if threading_is_main():
-            signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+            signal.signal(signal.SIGTERM, terminate_as_interrupt)
         deadline = math.inf if duration is None else time.monotonic() + duration
         before, last = relay.stats(), time.monotonic()
         try:
