@@ -219,8 +219,8 @@ class ReplayMemory(Memory):
         memory does not change in between), at most :attr:`batches_per_draw` at a time. Per update,
         the Python and numpy calls of a draw cost several times more right after a training step
         (whose kernels have evicted the interpreter's working set from the caches) than in a burst:
-        about 240 vs 45 us per SAC update of Pendulum size, measured in
-        ``benchmarks/bench_overhead.py``'s rounds."""
+        265 vs 54 us per SAC update of Pendulum size in ``benchmarks/bench_overhead.py``'s rounds
+        (its "one draw per update" rows)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         size, per_draw = self.batch_size, self.batches_per_draw
