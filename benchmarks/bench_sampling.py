@@ -138,7 +138,7 @@ def _sb3_buffer(columns: dict[str, np.ndarray], size: int, image: bool):
 def run(opts: Options) -> list[str]:
     import torch
 
-    from relayrl.algorithms.sac import tune_cpu_allocator
+    from relayrl.algorithms.networks import tune_cpu_allocator
 
     torch.set_num_threads(opts.threads)
     # A relayrl trainer always runs with this (SACAgent applies it when built); the same process

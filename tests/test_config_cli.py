@@ -15,15 +15,14 @@ def test_defaults_are_valid():
 
 
 def test_embedded_sac_learning_rates_survive_a_partial_sac_table(tmp_path):
-    from relayrl.algorithms.sac import SACConfig
-    from relayrl.config import EMBEDDED_SAC
+    from relayrl.algorithms import REGISTRY, SACConfig
 
     assert SACConfig().lr_critic == 3e-4  # the library's default stays SB3's
-    assert RunConfig().sac.lr_critic == EMBEDDED_SAC["lr_critic"] == 1e-3
+    assert RunConfig().agent.lr_critic == REGISTRY["sac"].run_defaults["lr_critic"] == 1e-3
     f = tmp_path / "run.toml"
     f.write_text("[sac]\ngamma = 0.98\nlr_actor = 5e-4\n")
     c = load_config(f)
-    assert (c.sac.gamma, c.sac.lr_actor, c.sac.lr_critic, c.sac.lr_entropy) == (0.98, 5e-4, 1e-3, 1e-3)
+    assert (c.agent.gamma, c.agent.lr_actor, c.agent.lr_critic, c.agent.lr_entropy) == (0.98, 5e-4, 1e-3, 1e-3)
 
 
 def test_toml_file_and_flags_precedence(tmp_path):
@@ -33,7 +32,7 @@ def test_toml_file_and_flags_precedence(tmp_path):
     c = load_config(f)
     assert (c.env, c.seed, c.training.epochs, c.training.steps, c.memory.batch_size) == \
         ("MountainCarContinuous-v0", 3, 4, 50, 64)
-    assert c.sac.lr_actor == 1e-3 and tuple(c.sac.hidden_sizes) == (64, 64)
+    assert c.agent.lr_actor == 1e-3 and tuple(c.agent.hidden_sizes) == (64, 64)
     args = make_parser().parse_args(["train", "--config", str(f), "--epochs", "2", "--workers", "3"])
     c = build_config(args)
     assert c.training.epochs == 2 and c.workers.count == 3 and c.training.steps == 50
@@ -102,7 +101,7 @@ def test_import_has_no_side_effects(tmp_path):
 def test_print_config_writes_toml_that_config_reads_back(tmp_path, capsys):
     assert main(["train", "--print-config", "--epochs", "7", "--seed", "3"]) == 0
     text = capsys.readouterr().out
-    assert "profiling = false" in text and "# device =" in text  # TOML booleans; None left out
+    assert "profiling = false" in text and "device" not in text  # TOML booleans; None left out
     path = tmp_path / "printed.toml"
     path.write_text(text)
     assert main(["train", "--config", str(path), "--print-config"]) == 0
@@ -125,3 +124,57 @@ def test_done_line_averages_the_latest_test_episodes():
     assert line == ("done: 1003 env steps, 993 updates; mean test return -220.0 over the latest 5 test "
                     "episodes (since epoch 0, round 1); run directory runs/x")
     assert "no test episode finished" in done_line([row(0, 0, float("nan"), 0)], "r")
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.splitlines()[-1].split())  # the last line; help text comes before
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["trainer", "--help"], ["worker", "--help"],
+                                  ["relay", "--help"], ["keys", "--help"]])
+def test_help_imports_no_torch(argv):
+    """--help of every command prints without importing torch (or pandas): it returns at once."""
+    modules = _modules_after("import relayrl.cli\ntry:\n    relayrl.cli.main(%r)\nexcept SystemExit:\n    pass" % argv)
+    assert "torch" not in modules and "pandas" not in modules
+
+
+def test_import_cli_and_config_errors_import_no_torch(tmp_path):
+    assert "torch" not in _modules_after("import relayrl.cli")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sac]\ngamma = 3.0\n")
+    code = f"import relayrl.cli\nassert relayrl.cli.main(['train', '--config', {str(bad)!r}]) == 2"
+    assert "torch" not in _modules_after(code)
+    code = "import relayrl.cli\nassert relayrl.cli.main(['train', '--steps', '-1']) == 2"
+    assert "torch" not in _modules_after(code)
+    code = "import relayrl.cli\nassert relayrl.cli.main(['keys', %r, '--workers', 'w0']) == 0" % str(tmp_path / "k")
+    assert "torch" not in _modules_after(code)
+
+
+def test_every_setting_has_a_flag_and_flags_set_them(capsys):
+    """Flags are generated from the dataclasses: one per field, and each sets its field."""
+    import dataclasses
+
+    from relayrl.config import SECTIONS
+
+    text = make_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for f in dataclasses.fields(RunConfig):
+        if f.name != "agent" and f.name not in SECTIONS:
+            assert "--" + f.name.replace("_", "-") in text
+    for table, cls in {**SECTIONS, "sac": type(RunConfig().agent)}.items():
+        for f in dataclasses.fields(cls):
+            assert f"--{table}.{f.name.replace('_', '-')}" in text, (table, f.name)
+    args = make_parser().parse_args(["train", "--sac.hidden-sizes", "64,32", "--no-training.profiling",
+                                     "--workers.env-steps-per-update", "none", "--training.prefetch", "false",
+                                     "--sac.gamma", "0.9", "--memory.batch-size", "16"])
+    c = build_config(args)
+    assert c.agent.hidden_sizes == (64, 32) and c.training.profiling is False and c.agent.gamma == 0.9
+    assert c.workers.env_steps_per_update is None and c.training.prefetch is False
+    assert c.memory.batch_size == 16
+    with pytest.raises(SystemExit):  # argparse's own error: usage and message, exit status 2
+        main(["train", "--sac.hidden-sizes", "64,x"])
+    assert "--sac.hidden-sizes takes values separated by commas" in capsys.readouterr().err
+    assert main(["train", "--sac.gamma", "7", "--print-config"]) == 2
+    assert "SACConfig.gamma=7.0 is invalid: use a number in [0, 1]" in capsys.readouterr().err

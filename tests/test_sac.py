@@ -472,7 +472,7 @@ def test_parallel_update_interrupted_anywhere_leaves_no_thread_waiting(where, mo
     agent = make_agent(parallel_update=True)
     agent.train(make_batch())
     critic_side_done, interrupted = [], []
-    pool = agent._critic_thread
+    pool = agent._threads._executor()  # the helper thread of relayrl.algorithms.two_threads
     real_submit = pool.submit
 
     def submit(fn, *args):
@@ -500,8 +500,8 @@ def test_parallel_update_interrupted_anywhere_leaves_no_thread_waiting(where, mo
 
         agent._critic_loss = slow_loss
         agent._actor_step = lambda: (_ for _ in ()).throw(KeyboardInterrupt())
-        import relayrl.algorithms.sac as sac
-        real_wait = sac.futures_wait
+        import relayrl.algorithms.two_threads as two_threads
+        real_wait = two_threads.futures_wait
 
         def interrupted_wait(*args, **kwargs):  # a second Ctrl+C while waiting for the critic side
             if not interrupted:
@@ -509,7 +509,7 @@ def test_parallel_update_interrupted_anywhere_leaves_no_thread_waiting(where, mo
                 raise KeyboardInterrupt
             return real_wait(*args, **kwargs)
 
-        monkeypatch.setattr(sac, "futures_wait", interrupted_wait)
+        monkeypatch.setattr(two_threads, "futures_wait", interrupted_wait)
     with pytest.raises(KeyboardInterrupt):
         agent.train(make_batch())
     assert "critic_side" in critic_side_done  # finished before train() returned

@@ -19,8 +19,9 @@ _EXPORTS = {
     "TrainingAgent": "relayrl.training",
     "ActorModule": "relayrl.actor",
     "SACAgent": "relayrl.algorithms.sac",
-    "SACConfig": "relayrl.algorithms.sac",
-    "MLPActor": "relayrl.algorithms.sac",
+    "SACConfig": "relayrl.algorithms.configs",
+    "MLPActor": "relayrl.algorithms.networks",
+    "Algorithm": "relayrl.algorithms",
     "RolloutWorker": "relayrl.worker",
     "Trainer": "relayrl.trainer",
 }

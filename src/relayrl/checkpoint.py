@@ -1,33 +1,51 @@
 """Pickle-free, atomic, checksummed, schema-versioned checkpoints of a nested state.
 
 tmrl pickled the whole trainer as its checkpoint, so loading one could run arbitrary code and any
-refactoring broke old files. Here a checkpoint is data only::
+refactoring broke old files. Here a checkpoint is data only (schema version 2)::
 
     directory/
       latest                 # text file: the name of the newest complete checkpoint
       <name>/
         manifest.json        # format, schema version, creation time, sha256 + size of each data
                              # file, and the state as JSON with placeholders for tensors/arrays
-        tensors.pt           # every torch tensor, one flat {key: tensor} dict (torch.save)
-        arrays/<k>.npy       # one file per numpy array (np.save, allow_pickle=False)
+        tensors.safetensors  # every torch tensor (keys t0, t1, ...), if the state holds any
+        arrays.safetensors   # every numpy array (keys a0, a1, ...), if the state holds any
+
+The two data files are standard safetensors files (a JSON header, then raw little-endian bytes),
+written straight from the tensors' and arrays' memory (each file is then read back once for its
+sha256): only tensors on another device or with a lazy conjugation/negation and non-contiguous
+tensors and arrays (e.g. transposed, Fortran order) are copied first. A dtype safetensors has no
+name for (complex128, long double, torch complex32 and sub-byte floats, big-endian arrays, anything
+on a big-endian machine) is stored as its raw bytes viewed as unsigned integers, and the manifest's
+placeholder gives the real dtype (``"stored_as"``); it comes back exactly, byte order included.
+Schema 1 checkpoints (``tensors.pt`` and ``arrays/<k>.npy``, relayrl up to 0.1.0) are refused with
+one :class:`CheckpointError` that says so; their data files are never opened.
 
 What a state may hold: dicts (``str`` keys; int/float/bool/None/tuple keys, e.g. the ``state`` of a
 torch optimiser, are stored too), lists, tuples, ``None``, ``bool``, ``int``, ``float`` (nan/inf
 included), ``str``, ``bytes``, torch tensors of any device (moved to CPU, strided layout only) and
-numpy arrays/scalars of bool, integer, float or complex dtype. Anything else, in particular numpy
-object arrays, is refused when saving (:class:`UnsupportedValueError`).
+numpy arrays/scalars of bool, integer, float or complex dtype (any byte order). Anything else, in
+particular numpy object arrays, is refused when saving (:class:`UnsupportedValueError`).
 
 What comes back: mappings come back as plain ``dict`` (an ``OrderedDict`` loses its class, a
 module's ``state_dict`` its ``_metadata``, which ``load_state_dict`` does not need); tuples come back
 as tuples, namedtuples as plain tuples; tensors come back on the CPU, detached
-(``nn.Parameter`` -> plain tensor, no ``requires_grad``), contiguous; the same tensor or array object
-appearing twice comes back as one object appearing twice.
+(``nn.Parameter`` -> plain tensor, no ``requires_grad``), contiguous, each in memory of its own
+(not a mapping of the file); arrays come back C-contiguous with their dtype, writable and in
+memory of their own (with ``mmap_mode``: ``np.memmap`` views of the file, read-only or
+copy-on-write); the same tensor or array object appearing twice comes back as one object appearing
+twice (distinct objects that merely share memory, e.g. a tensor and a view of it, come back as
+independent copies).
 
 Guarantees:
 
-* Loading never executes code: ``torch.load(weights_only=True)``, ``np.load(allow_pickle=False)``,
-  JSON for the rest. The size and sha256 of every data file are checked against the manifest before
-  it is deserialised; every problem is reported as :class:`CheckpointError` naming the file.
+* Loading never executes code: the data files are read only by ``safetensors`` (or, with
+  ``mmap_mode``, memory-mapped with ``np.memmap`` at the offsets of their safetensors header), the
+  rest is JSON; pickle is never used, and no file but ``latest``, ``manifest.json`` and the two
+  above is ever opened (a ``tensors.pt`` or ``.npy`` lying in a checkpoint is ignored). The size and
+  sha256 of every data file are checked against the manifest before it is parsed (a file changed
+  between its check and its parsing, i.e. by a concurrent writer, can at worst give wrong numbers);
+  every problem is reported as :class:`CheckpointError` naming the file.
 * Saving is atomic: everything is written and fsynced in ``directory/.<name>.tmp-<pid>/``, which is
   then renamed to ``directory/<name>``; only then is ``latest`` replaced (``os.replace``). A crash at
   any point leaves ``latest`` naming a complete checkpoint. Leftovers of crashed saves are cleaned
@@ -36,23 +54,33 @@ Guarantees:
 """
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
 import stat
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
 import torch
+
+from . import __version__ as _RELAYRL_VERSION
+from .checkpoint_codec import (
+    ARRAYS_FILE as _ARRAYS,
+    TENSORS_FILE as _TENSORS,
+    CheckpointError,
+    Decoder as _Decoder,
+    Encoder as _Encoder,
+    UnsupportedValueError,
+    corrupt as _corrupt,
+    write_payload as _write_payload,
+)
 
 __all__ = [
     "CheckpointError",
@@ -66,28 +94,17 @@ __all__ = [
 ]
 
 FORMAT = "relayrl-checkpoint"
-SCHEMA_VERSION = 1
-_SUPPORTED_SCHEMAS = (1,)
+SCHEMA_VERSION = 2
+_SUPPORTED_SCHEMAS = (2,)
 
 _MANIFEST = "manifest.json"
-_TENSORS = "tensors.pt"
 _LATEST = "latest"
 _CHUNK = 8 << 20  # bytes per read when hashing
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
-_DATA_FILE_RE = re.compile(r"tensors\.pt|arrays/[0-9]{1,9}\.npy")
+_DATA_FILE_RE = re.compile(r"tensors\.safetensors|arrays\.safetensors")
 _LEFTOVER_RE = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old|del)-(?P<pid>[0-9]{1,10})")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
-_TAG = "$t"
-_ARRAY_KINDS = "biufc"
-
-
-class CheckpointError(Exception):
-    """A checkpoint cannot be written or read; the message names the file, the problem and the fix."""
-
-
-class UnsupportedValueError(CheckpointError, TypeError):
-    """The state holds a value that cannot be stored without pickle (raised by ``save_checkpoint``)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,305 +173,25 @@ def _sha256_file(path: Path, fsync: bool = False) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-class _HashingWriter:
-    """File-like object that hashes and counts the bytes on their way to a real file.
-
-    Large immutable chunks (``np.save`` hands over fresh ``bytes``) are hashed on ``pool``'s
-    thread while the main thread writes them and prepares the next one; hashlib and file writes
-    release the GIL, so hashing costs little extra wall time.
-    """
-
-    _ASYNC_MIN = 1 << 20
-
-    def __init__(self, f, pool: ThreadPoolExecutor | None = None) -> None:
-        self._f = f
-        self._h = hashlib.sha256()
-        self._pool = pool
-        self._pending: Future | None = None
-        self.size = 0
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def write(self, data) -> int:
-        view = memoryview(data)
-        if view.ndim != 1 or view.format != "B":
-            view = view.cast("B")
-        self._wait()  # keeps the hash in order and at most one chunk in flight
-        if self._pool is not None and isinstance(data, bytes) and view.nbytes >= self._ASYNC_MIN:
-            self._pending = self._pool.submit(self._h.update, view)
-        else:
-            self._h.update(view)
-        self._f.write(view)
-        self.size += view.nbytes
-        return view.nbytes
-
-    def flush(self) -> None:
-        self._f.flush()
-
-    def hexdigest(self) -> str:
-        self._wait()
-        return self._h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------------
-# encoding the state tree
-
-
-def _enc_float(x: float) -> Any:
-    if math.isfinite(x):
-        return x
-    return {_TAG: "float", "v": "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")}
-
-
-_SPECIAL_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-class _Encoder:
-    """Turns a state into a JSON tree plus the tensors and arrays it references."""
-
-    def __init__(self) -> None:
-        self.tensors: dict[str, torch.Tensor] = {}
-        self.arrays: list[tuple[str, np.ndarray]] = []
-        self._seen: dict[int, Any] = {}  # id(tensor/array) -> placeholder, to keep aliasing
-        self._stack: set[int] = set()  # ids of the containers being encoded (cycle detection)
-
-    def encode(self, x: Any, where: str) -> Any:
-        if x is None or isinstance(x, (bool, str)):
-            return x
-        if isinstance(x, torch.Tensor):
-            return self._tensor(x, where)
-        if isinstance(x, np.ndarray):
-            return self._array(x, where, scalar=False)
-        if isinstance(x, np.generic):
-            return self._np_scalar(x, where)
-        if isinstance(x, int):
-            return int(x)
-        if isinstance(x, float):
-            return _enc_float(float(x))
-        if isinstance(x, bytes):
-            return {_TAG: "bytes", "b64": base64.b64encode(x).decode("ascii")}
-        if isinstance(x, (Mapping, list, tuple)):
-            if id(x) in self._stack:
-                raise UnsupportedValueError(f"{where}: the state contains a reference cycle")
-            self._stack.add(id(x))
-            try:
-                return self._container(x, where)
-            finally:
-                self._stack.discard(id(x))
-        raise UnsupportedValueError(
-            f"{where}: cannot checkpoint a {type(x).__module__}.{type(x).__qualname__} without "
-            "pickle; supported are dict, list, tuple, None, bool, int, float, str, bytes, torch "
-            "tensors and numeric/bool numpy arrays (convert it, e.g. to a dict of those)"
-        )
-
-    def _container(self, x: Any, where: str) -> Any:
-        if isinstance(x, Mapping):
-            if all(type(k) is str for k in x) and _TAG not in x:
-                return {k: self.encode(v, f"{where}[{k!r}]") for k, v in x.items()}
-            return {
-                _TAG: "dict",
-                "items": [[self._key(k, where), self.encode(v, f"{where}[{k!r}]")] for k, v in x.items()],
-            }
-        items = [self.encode(v, f"{where}[{i}]") for i, v in enumerate(x)]
-        return items if isinstance(x, list) else {_TAG: "tuple", "items": items}
-
-    def _key(self, k: Any, where: str) -> Any:
-        if k is None or isinstance(k, (bool, str, int, float, np.bool_, np.integer, np.floating)):
-            if not (isinstance(k, np.floating) and k.dtype.itemsize > 8):
-                return self.encode(k, where)
-        if isinstance(k, tuple):
-            return {_TAG: "tuple", "items": [self._key(e, where) for e in k]}
-        raise UnsupportedValueError(
-            f"{where}: dict key {k!r} of type {type(k).__qualname__} is not supported "
-            "(use str, int, float, bool, None or tuples of those)"
-        )
-
-    def _tensor(self, x: torch.Tensor, where: str) -> Any:
-        if id(x) in self._seen:
-            return self._seen[id(x)]
-        if x.layout != torch.strided or x.is_quantized or x.is_meta:
-            raise UnsupportedValueError(
-                f"{where}: only dense (strided), non-quantized tensors with data can be checkpointed "
-                f"(got layout={x.layout}, quantized={x.is_quantized}, device={x.device}); "
-                "convert it first, e.g. with .to_dense()"
-            )
-        device = str(x.device)
-        t = x.detach().to("cpu").resolve_conj().resolve_neg()
-        if (
-            not t.is_contiguous()
-            or t.storage_offset() != 0
-            or t.untyped_storage().nbytes() != t.numel() * t.element_size()
-        ):
-            # torch.save writes whole storages: never let a view drag its base tensor along
-            t = t.clone(memory_format=torch.contiguous_format)
-        key = f"t{len(self.tensors)}"
-        self.tensors[key] = t
-        ph = {_TAG: "tensor", "key": key, "dtype": str(t.dtype), "shape": list(t.shape), "device": device}
-        self._seen[id(x)] = ph
-        return ph
-
-    def _array(self, x: np.ndarray, where: str, scalar: bool) -> Any:
-        if not scalar and id(x) in self._seen:
-            return self._seen[id(x)]
-        if isinstance(x, np.ma.MaskedArray):
-            raise UnsupportedValueError(
-                f"{where}: masked arrays are not supported; store .data and .mask as two arrays"
-            )
-        dt = x.dtype
-        if dt.kind not in _ARRAY_KINDS or dt.fields is not None or dt.subdtype is not None:
-            raise UnsupportedValueError(
-                f"{where}: numpy dtype {dt} cannot be checkpointed without pickle; only bool, "
-                "integer, float and complex arrays are supported (object arrays in particular are "
-                "refused: convert them to a numeric array or a list)"
-            )
-        rel = f"arrays/{len(self.arrays)}.npy"
-        self.arrays.append((rel, x))
-        ph: dict[str, Any] = {_TAG: "ndarray", "file": rel, "dtype": dt.str, "shape": list(x.shape)}
-        if scalar:
-            ph["scalar"] = True
-        else:
-            self._seen[id(x)] = ph
-        return ph
-
-    def _np_scalar(self, x: np.generic, where: str) -> Any:
-        dt = x.dtype
-        if dt.kind in "biu" or (dt.kind == "f" and dt.itemsize <= 8):
-            v = bool(x) if dt.kind == "b" else (int(x) if dt.kind in "iu" else _enc_float(float(x)))
-            return {_TAG: "np_scalar", "dtype": dt.str, "v": v}
-        return self._array(np.asarray(x), where, scalar=True)  # complex, long double: as a 0-d array
-
-
-# --------------------------------------------------------------------------------------------------
-# decoding
-
-
-class _Decoder:
-    """Rebuilds the state from a verified manifest tree, the loaded tensors and the array files."""
-
-    def __init__(self, ckpt: Path, files: dict, tensors: dict[str, torch.Tensor], mmap_mode: str | None):
-        self.ckpt = ckpt
-        self.files = files
-        self.tensors = tensors
-        self.mmap_mode = mmap_mode
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def bad(self, problem: str) -> CheckpointError:
-        return _corrupt(self.ckpt, problem)
-
-    def decode(self, x: Any, where: str) -> Any:
-        if x is None or isinstance(x, (bool, int, float, str)):
-            return x
-        if isinstance(x, list):
-            return [self.decode(v, f"{where}[{i}]") for i, v in enumerate(x)]
-        if not isinstance(x, dict):
-            raise self.bad(f"unexpected JSON value at {where}")
-        tag = x.get(_TAG)
-        if tag is None:
-            return {k: self.decode(v, f"{where}[{k!r}]") for k, v in x.items()}
-        if tag == "float":
-            v = x.get("v")
-            if v not in _SPECIAL_FLOATS:
-                raise self.bad(f"bad float {v!r} at {where}")
-            return _SPECIAL_FLOATS[v]
-        if tag == "tuple":
-            return tuple(self.decode(v, f"{where}[{i}]") for i, v in enumerate(self._list(x, "items", where)))
-        if tag == "dict":
-            out = {}
-            for pair in self._list(x, "items", where):
-                if not isinstance(pair, list) or len(pair) != 2:
-                    raise self.bad(f"bad dict item at {where}")
-                k = self.decode(pair[0], where)
-                try:
-                    out[k] = self.decode(pair[1], f"{where}[{k!r}]")
-                except TypeError as e:  # unhashable key
-                    raise self.bad(f"bad dict key at {where}") from e
-            return out
-        if tag == "bytes":
-            try:
-                return base64.b64decode(x["b64"], validate=True)
-            except (KeyError, TypeError, ValueError) as e:
-                raise self.bad(f"bad bytes at {where}") from e
-        if tag == "np_scalar":
-            dt = self._dtype(x, where)
-            v = x.get("v")
-            if isinstance(v, dict):
-                v = self.decode(v, where)
-            if dt.kind not in "biuf" or not isinstance(v, (bool, int, float)):
-                raise self.bad(f"bad numpy scalar at {where}")
-            return dt.type(v)
-        if tag == "tensor":
-            return self._tensor(x, where)
-        if tag == "ndarray":
-            return self._array(x, where)
-        raise self.bad(f"unknown entry type {tag!r} at {where}")
-
-    def _list(self, x: dict, key: str, where: str) -> list:
-        v = x.get(key)
-        if not isinstance(v, list):
-            raise self.bad(f"missing {key!r} list at {where}")
-        return v
-
-    def _shape(self, x: dict, where: str) -> tuple[int, ...]:
-        shape = x.get("shape")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise self.bad(f"bad shape at {where}")
-        return tuple(shape)
-
-    def _dtype(self, x: dict, where: str) -> np.dtype:
-        try:
-            dt = np.dtype(str(x["dtype"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise self.bad(f"bad dtype at {where}") from e
-        if dt.kind not in _ARRAY_KINDS or dt.fields is not None or dt.subdtype is not None:
-            raise self.bad(f"unsupported dtype {dt} at {where}")
-        return dt
-
-    def _tensor(self, x: dict, where: str) -> torch.Tensor:
-        key = x.get("key")
-        if not isinstance(key, str) or key not in self.tensors:
-            raise self.bad(f"{where} refers to tensor {key!r}, which is not in {_TENSORS}")
-        t = self.tensors[key]
-        if str(t.dtype) != x.get("dtype") or tuple(t.shape) != self._shape(x, where):
-            raise self.bad(
-                f"tensor {key!r} at {where} is {t.dtype}{list(t.shape)}, the manifest says "
-                f"{x.get('dtype')}{x.get('shape')}"
-            )
-        return t
-
-    def _array(self, x: dict, where: str) -> Any:
-        rel = x.get("file")
-        if not isinstance(rel, str) or rel not in self.files or not rel.startswith("arrays/"):
-            raise self.bad(f"{where} refers to array file {rel!r}, which the manifest does not list")
-        dt, shape = self._dtype(x, where), self._shape(x, where)
-        if rel not in self._arrays:
-            path = self.ckpt / rel
-            try:
-                arr = np.load(path, allow_pickle=False, mmap_mode=self.mmap_mode)
-            except Exception as e:  # noqa: BLE001 - any library error means a bad file
-                raise _corrupt(self.ckpt, f"{path} is not a readable pickle-free .npy file ({e})") from e
-            if not isinstance(arr, np.ndarray):
-                raise _corrupt(self.ckpt, f"{path} is not a single .npy array")
-            self._arrays[rel] = arr
-        arr = self._arrays[rel]
-        if arr.dtype != dt or arr.shape != shape:
-            raise _corrupt(
-                self.ckpt, f"{self.ckpt / rel} holds {arr.dtype}{list(arr.shape)}, the manifest says {dt}{list(shape)}"
-            )
-        return arr[()] if x.get("scalar") is True else arr
-
 
 # --------------------------------------------------------------------------------------------------
 # manifest reading and verification
 
 
-def _corrupt(ckpt: Path, problem: str) -> CheckpointError:
+def _schema_error(ckpt: Path, version: Any) -> CheckpointError:
+    """The one error for a checkpoint of another schema version (``load_latest`` passes it on as is)."""
+    if version == 1:
+        what = ("was written by relayrl 0.1.0 or earlier (checkpoint schema version 1: tensors.pt and "
+                "arrays/<k>.npy, a format this relayrl never opens)")
+        fix = "start a new --run-dir, or resume this run with the relayrl release that wrote it"
+    else:
+        what = f"has schema version {version!r}"
+        fix = "use the relayrl version that wrote it, or resume from another checkpoint"
     err = CheckpointError(
-        f"corrupt or unreadable checkpoint {ckpt}: {problem}. Delete it or resume from an older one: {ckpt}"
+        f"checkpoint {ckpt} {what}; this relayrl ({_RELAYRL_VERSION}) reads checkpoint schema version "
+        f"{SCHEMA_VERSION} only (safetensors): {fix}"
     )
-    err.problem = problem  # type: ignore[attr-defined]
+    err.schema_version = version  # type: ignore[attr-defined]
     return err
 
 
@@ -483,17 +220,13 @@ def _read_manifest(ckpt: Path) -> dict:
         raise _corrupt(ckpt, f"{mpath} is not a {FORMAT} manifest")
     version = manifest.get("schema_version")
     if version not in _SUPPORTED_SCHEMAS or type(version) is not int:
-        raise CheckpointError(
-            f"checkpoint {ckpt} has schema version {version!r}, this relayrl reads "
-            f"{list(_SUPPORTED_SCHEMAS)}; use the relayrl version that wrote it, or resume from an "
-            f"older checkpoint: {ckpt}"
-        )
+        raise _schema_error(ckpt, version)  # before anything else of the manifest is trusted
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise _corrupt(ckpt, f"{mpath} has no 'files' table")
     for rel, info in files.items():
         if not _DATA_FILE_RE.fullmatch(rel):
-            raise _corrupt(ckpt, f"{mpath} lists an unexpected file {rel!r} (only {_TENSORS} and arrays/<k>.npy)")
+            raise _corrupt(ckpt, f"{mpath} lists an unexpected file {rel!r} (only {_TENSORS} and {_ARRAYS})")
         if (
             not isinstance(info, dict)
             or type(info.get("bytes")) is not int
@@ -535,20 +268,6 @@ def _verify_files(ckpt: Path, files: dict) -> None:
         if size != info["bytes"] or digest != info["sha256"]:
             raise _corrupt(ckpt, f"{path} fails its sha256 check (the file was modified or damaged)")
 
-
-def _load_tensors(ckpt: Path, files: dict) -> dict[str, torch.Tensor]:
-    if _TENSORS not in files:
-        return {}
-    path = ckpt / _TENSORS
-    try:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, ... all mean a bad file
-        raise _corrupt(ckpt, f"{path} is not a weights-only tensor file ({type(e).__name__})") from e
-    if not isinstance(tensors, dict) or not all(
-        isinstance(k, str) and type(v) is torch.Tensor for k, v in tensors.items()
-    ):
-        raise _corrupt(ckpt, f"{path} does not hold a flat dict of tensors")
-    return tensors
 
 
 # --------------------------------------------------------------------------------------------------
@@ -669,23 +388,11 @@ def save_checkpoint(directory: str | os.PathLike, name: str, state: dict, keep: 
     try:
         tmp.mkdir()
         files: dict[str, dict[str, Any]] = {}
-        if enc.arrays:
-            (tmp / "arrays").mkdir()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="relayrl-ckpt-sha") as pool:
-            for rel, arr in enc.arrays:
-                with open(tmp / rel, "wb") as f:
-                    w = _HashingWriter(f, pool)
-                    try:
-                        np.save(w, arr, allow_pickle=False)
-                    finally:
-                        digest = w.hexdigest()
-                    f.flush()
-                    os.fsync(f.fileno())
-                files[rel] = {"bytes": w.size, "sha256": digest}
-        if enc.tensors:
-            torch.save(enc.tensors, tmp / _TENSORS)
-            size, digest = _sha256_file(tmp / _TENSORS, fsync=True)
-            files[_TENSORS] = {"bytes": size, "sha256": digest}
+        meta = {"format": FORMAT, "schema_version": str(SCHEMA_VERSION), "described_by": _MANIFEST}
+        for rel in _write_payload(enc, tmp, meta):
+            size, digest = _sha256_file(tmp / rel, fsync=True)  # read back from the page cache
+            files[rel] = {"bytes": size, "sha256": digest}
+        del enc  # the buffers kept alive for writing (copies of non-contiguous data, CPU tensors)
         now = time.time()
         manifest = {
             "format": FORMAT,
@@ -694,8 +401,10 @@ def save_checkpoint(directory: str | os.PathLike, name: str, state: dict, keep: 
             "sequence": sequence,
             "created": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="milliseconds"),
             "created_unix": now,
+            "relayrl_version": _RELAYRL_VERSION,
             "torch_version": torch.__version__,
             "numpy_version": np.__version__,
+            "safetensors_version": safetensors.__version__,
             "files": files,
             "state": tree,
         }
@@ -704,8 +413,6 @@ def save_checkpoint(directory: str | os.PathLike, name: str, state: dict, keep: 
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if enc.arrays:
-            _fsync_dir(tmp / "arrays")
         _fsync_dir(tmp)
 
         # swap the complete folder in
@@ -753,9 +460,12 @@ def save_checkpoint(directory: str | os.PathLike, name: str, state: dict, keep: 
 def load_checkpoint(path: str | os.PathLike, *, mmap_mode: str | None = None) -> dict:
     """Load and verify the checkpoint at ``path`` (its directory, or its ``manifest.json``).
 
-    Every data file's size and sha256 are checked before it is read; tensors come back on the CPU.
-    ``mmap_mode='r'`` (read-only) or ``'c'`` (copy-on-write) memory-maps the numpy arrays instead of
-    reading them into memory. Raises :class:`CheckpointError` on any problem.
+    Every data file's size and sha256 are checked before it is parsed; tensors come back on the CPU.
+    ``mmap_mode='r'`` (read-only) or ``'c'`` (copy-on-write) memory-maps the numpy arrays (as
+    ``np.memmap`` into ``arrays.safetensors``; zero-size arrays come back as plain arrays) instead of
+    reading them into memory. Raises :class:`CheckpointError` on any problem, including a checkpoint
+    of another schema version (e.g. schema 1, ``tensors.pt``), which is refused before any of its
+    data files is opened.
     """
     if mmap_mode not in (None, "r", "c"):
         raise ValueError(f"mmap_mode must be None, 'r' or 'c' (never write into a checkpoint), not {mmap_mode!r}")
@@ -765,9 +475,9 @@ def load_checkpoint(path: str | os.PathLike, *, mmap_mode: str | None = None) ->
     manifest = _read_manifest(ckpt)
     files = manifest["files"]
     _verify_files(ckpt, files)
-    tensors = _load_tensors(ckpt, files)
     try:
-        state = _Decoder(ckpt, files, tensors, mmap_mode).decode(manifest["state"], "state")
+        with _Decoder(ckpt, files, mmap_mode) as dec:
+            state = dec.decode(manifest["state"], "state")
     except CheckpointError:
         raise
     except RecursionError as e:
@@ -832,6 +542,8 @@ def load_latest(directory: str | os.PathLike, *, mmap_mode: str | None = None) -
     try:
         return load_checkpoint(path, mmap_mode=mmap_mode)
     except CheckpointError as e:
+        if getattr(e, "schema_version", None) is not None:
+            raise  # not corrupt, and removing it is not the advice: the message says what to do
         directory = Path(directory)
         problem = getattr(e, "problem", None) or str(e)
         raise CheckpointError(

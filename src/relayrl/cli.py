@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import sys
 
-from .config import ConfigError, RunConfig, load_config, with_overrides
+from .config import ConfigError, RunConfig, load_config, to_toml, with_overrides
 
 TRAIN_HELP = """\
 Train SAC with local rollout-worker processes (defaults: Pendulum-v1, 2 workers, 10 epochs of
@@ -46,65 +46,161 @@ Existing keys are kept, so run it again with new names to add workers. Revoke a 
 its file in authorized_workers/."""
 
 
-def _add_run_flags(parser: argparse.ArgumentParser, local_workers: bool = True) -> None:
+# --- run flags, generated from the configuration dataclasses ------------------------------------
+# Every field of RunConfig and of its tables is a flag: top-level fields as --name (--run-dir),
+# table fields as --table.name (--training.epochs, --workers.env-steps-per-update, --sac.lr-actor);
+# the help is the field's docstring and the values are validated once, by the dataclasses. A few
+# short aliases stay for the settings changed most often; they resolve to the same fields.
+RUN_ALIASES = {"epochs": "training.epochs", "rounds": "training.rounds", "steps": "training.steps",
+               "device": "training.device", "start-training": "training.start_training",
+               "profiling": "training.profiling"}
+LOCAL_ALIASES = {"workers": "workers.count"}
+WORKER_FIELDS = ("env", "algorithm")
+WORKER_ALIASES = {"max-samples-per-episode": "workers.max_samples_per_episode",
+                  "test-episode-interval": "workers.test_episode_interval",
+                  "buffer-steps": "workers.buffer_steps", "pause-mid-episode": "workers.pause_mid_episode"}  # what a worker takes from the run's settings, besides [workers]
+_DEST = "config:"
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The docstrings under a dataclass's fields (read from its source), as one-line texts."""
+    import ast
+    import inspect
+    import textwrap
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _converter(annotation: str, flag: str):
+    """Text -> value for a field annotated ``annotation`` (a string: the modules use postponed
+    annotations). The dataclass validates the value afterwards."""
+    optional = "None" in annotation
+    base = annotation.replace("| None", "").replace("None |", "").strip()
+
+    def convert(text: str):
+        if optional and text.lower() == "none":
+            return "none"  # the configuration reads "none" as None (a None override means "not given")
+        if base == "bool":
+            if text.lower() in ("true", "yes", "1", "on"):
+                return True
+            if text.lower() in ("false", "no", "0", "off"):
+                return False
+            raise argparse.ArgumentTypeError(f"{flag} takes true, false or none, got {text!r}")
+        try:
+            if base.startswith("tuple[") or base.startswith("list["):
+                item = float if "float" in base else int
+                return tuple(item(part) for part in text.replace(" ", "").split(",") if part)
+            if base == "int":
+                return int(text)
+            if base == "float":
+                return float(text)
+        except ValueError:
+            kind = "numbers" if base != "int" else "an integer"
+            if base.startswith(("tuple[", "list[")):
+                kind = "values separated by commas (e.g. 256,256)"
+            raise argparse.ArgumentTypeError(f"{flag} takes {kind}, got {text!r}") from None
+        return text
+
+    convert.__name__ = base  # argparse names the type in its messages
+    return convert
+
+
+def _metavar(annotation: str) -> str:
+    base = annotation.replace("| None", "").strip()
+    meta = {"int": "N", "float": "X", "str": "TEXT", "bool": "true|false"}.get(base, "A,B" if base.startswith("tuple") else "V")
+    return meta + ("|none" if "None" in annotation else "")
+
+
+def _add_field(group, flags: list[str], dotted: str, f: dataclasses.Field, doc: str, default) -> None:
+    dest = _DEST + dotted
+    shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+    doc = f"{doc} (default: {'none' if shown is None else shown})".replace("%", "%%")
+    annotation = str(f.type)
+    if annotation == "bool":
+        group.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=doc)
+    else:
+        group.add_argument(*flags, dest=dest, type=_converter(annotation, flags[0]), default=argparse.SUPPRESS,
+                           metavar=_metavar(annotation), help=doc)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, aliases: dict[str, str], *,
+                     top: tuple[str, ...] | None = None, tables: tuple[str, ...] | None = None) -> None:
+    """Add a flag for every setting (or for the ``top`` fields and ``tables`` given)."""
+    from .algorithms import REGISTRY
+    from .config import SECTIONS, RunConfig
+
+    defaults = RunConfig().to_dict()
+    for name, spec in REGISTRY.items():
+        defaults.setdefault(name, dataclasses.asdict(spec.settings()))
+    reverse: dict[str, list[str]] = {}
+    for alias, dotted in aliases.items():
+        reverse.setdefault(dotted, []).append("--" + alias)
+    run_docs = field_docs(RunConfig)
+    group = parser.add_argument_group("settings (defaults < --config FILE < these flags)")
+    for f in dataclasses.fields(RunConfig):
+        if f.name == "agent" or f.name in SECTIONS or (top is not None and f.name not in top):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        _add_field(group, [flag] + reverse.get(f.name, []), f.name, f, run_docs.get(f.name, ""),
+                   defaults[f.name])
+    sections = dict(SECTIONS)
+    sections.update({name: spec.config for name, spec in REGISTRY.items()})
+    for table, cls in sections.items():
+        if tables is not None and table not in tables and table not in REGISTRY:
+            continue
+        docs = field_docs(cls)
+        title = (f"[{table}] settings ({REGISTRY[table].summary})" if table in REGISTRY
+                 else f"[{table}] settings")
+        group = parser.add_argument_group(title)
+        for f in dataclasses.fields(cls):
+            dotted = f"{table}.{f.name}"
+            flags = ["--" + dotted.replace("_", "-")] + reverse.get(dotted, [])
+            _add_field(group, flags, dotted, f, docs.get(f.name, ""), defaults[table][f.name])
+    unknown = sorted(set(aliases.values()) - set(_known_dotted(sections, RunConfig)))
+    if unknown:  # an alias that names no field is a bug here, not a user error
+        raise AssertionError(f"flag aliases name no setting: {unknown}")
+
+
+def _known_dotted(sections: dict, run_cls) -> list[str]:
+    names = [f.name for f in dataclasses.fields(run_cls)]
+    return names + [f"{table}.{f.name}" for table, cls in sections.items() for f in dataclasses.fields(cls)]
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The settings given on the command line, as dotted overrides."""
+    return {key[len(_DEST):]: value for key, value in vars(args).items() if key.startswith(_DEST)}
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """Defaults < ``--config FILE`` < flags."""
+    config = load_config(args.config) if getattr(args, "config", None) else RunConfig()
+    return with_overrides(config, **config_overrides(args))
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, local_workers: bool = True,
+                   extra_aliases: dict[str, str] | None = None) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file with settings (see README)")
-    parser.add_argument("--env", help="gymnasium environment id (default Pendulum-v1)")
-    if local_workers:
-        parser.add_argument("--workers", type=int, metavar="N", help="local worker processes (default 2)")
-    parser.add_argument("--epochs", type=int, metavar="N", help="epochs (checkpoint after each; default 10)")
-    parser.add_argument("--rounds", type=int, metavar="N", help="rounds per epoch (one stats row each; default 5)")
-    parser.add_argument("--steps", type=int, metavar="N", help="training steps per round (default 200)")
-    parser.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/pendulum)")
-    parser.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
-    parser.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: automatic)")
-    parser.add_argument("--start-training", type=int, metavar="N",
-                        help="samples in memory before the first update (default 256)")
-    parser.add_argument("--profiling", action="store_true", default=None,
-                        help="profile every epoch with pyinstrument and log the report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true", help="no per-round tables")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resulting configuration as TOML (a file --config reads back) and exit")
-
-
-def build_config(args: argparse.Namespace) -> RunConfig:
-    config = load_config(args.config) if args.config else RunConfig()
-    return with_overrides(config, **{
-        "env": args.env, "seed": args.seed, "run_dir": args.run_dir,
-        "workers.count": getattr(args, "workers", None), "training.epochs": args.epochs,
-        "training.rounds": args.rounds, "training.steps": args.steps,
-        "training.device": args.device, "training.start_training": args.start_training,
-        "training.profiling": args.profiling,
-    })
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    return repr(value)
-
-
-def _toml_line(key: str, value) -> str:
-    if value is None:  # TOML has no null: leave the field out to keep its automatic default
-        return f"# {key} = (unset: the automatic default)"
-    return f"{key} = {_toml_value(value)}"
+    add_config_flags(parser, {**RUN_ALIASES, **(LOCAL_ALIASES if local_workers else {}), **(extra_aliases or {})})
 
 
 def _print_config(config: RunConfig) -> None:
     """The configuration as a TOML file that ``--config`` reads back."""
-    data = config.to_dict()
-    for key, value in data.items():
-        if not isinstance(value, dict):
-            print(_toml_line(key, value))
-    for key, value in data.items():
-        if isinstance(value, dict):
-            print(f"\n[{key}]")
-            for k, v in value.items():
-                print(_toml_line(k, v))
+    print(to_toml(config), end="")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -143,13 +239,11 @@ def done_line(rows, run_dir: str, episodes: int = 5) -> str:
 
 def cmd_trainer(args: argparse.Namespace) -> int:
     from .roles import plan_trainer, run_trainer
-    config = build_config(args)
-    if args.env_steps_per_update is not None and args.no_rate_limit:
+    if args.no_rate_limit and "config:workers.env_steps_per_update" in vars(args):
         raise ValueError("--env-steps-per-update and --no-rate-limit exclude each other")
-    if args.env_steps_per_update is not None:
-        config = with_overrides(config, **{"workers.env_steps_per_update": args.env_steps_per_update})
     if args.no_rate_limit:
-        config.workers.env_steps_per_update = None
+        setattr(args, "config:workers.env_steps_per_update", "none")
+    config = build_config(args)
     if args.print_config:
         _print_config(config)
         return 0
@@ -163,13 +257,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from .roles import plan_worker, run_worker
-    config = load_config(args.config) if args.config else RunConfig()
-    config = with_overrides(config, **{
-        "env": args.env, "workers.max_samples_per_episode": args.max_samples_per_episode,
-        "workers.test_episode_interval": args.test_episode_interval,
-        "workers.buffer_steps": args.buffer_steps,
-        "workers.pause_mid_episode": False if args.no_pause_mid_episode else None,
-    })
+    config = build_config(args)
     plan = plan_worker(args)
     run_worker(config, plan, seed=args.seed, status_interval=args.status_interval)
     return 0
@@ -200,7 +288,7 @@ def _add_trainer_parser(sub) -> None:
                         DEFAULT_WEIGHTS_PORT)
     p = sub.add_parser("trainer", help="train from remote workers (binds, or joins a relay)",
                        description=TRAINER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_run_flags(p, local_workers=False)
+    _add_run_flags(p, local_workers=False, extra_aliases={"env-steps-per-update": "workers.env_steps_per_update"})
     net = p.add_argument_group("network")
     net.add_argument("--bind-buffers", metavar="tcp://HOST:PORT",
                      help=f"where workers send buffers (default tcp://127.0.0.1:{DEFAULT_BUFFER_PORT}; "
@@ -217,8 +305,6 @@ def _add_trainer_parser(sub) -> None:
                      "DIR/trainer.key_secret and DIR/authorized_workers/ (with --connect-relay: DIR/relay.key)")
     net.add_argument("--insecure", action="store_true",
                      help="allow plaintext on a non-loopback address (a network you trust completely)")
-    net.add_argument("--env-steps-per-update", type=_positive_float, metavar="X",
-                     help="rate limit: env steps the workers may collect per update (default 1.0)")
     net.add_argument("--no-rate-limit", action="store_true",
                      help="never meter the workers (real-time environments)")
     net.add_argument("--status-interval", type=_positive_float, default=DEFAULT_STATUS_INTERVAL,
@@ -234,9 +320,8 @@ def _add_worker_parser(sub) -> None:
                    help="the trainer's (or relay's) host; PORT sets --buffer-port")
     p.add_argument("--buffer-port", type=int, metavar="PORT", help=f"default {DEFAULT_BUFFER_PORT}")
     p.add_argument("--weights-port", type=int, metavar="PORT", help="default: buffer port + 1")
-    p.add_argument("--config", metavar="FILE", help="the trainer's TOML file (actor architecture, env, "
-                   "[workers] settings); default settings otherwise")
-    p.add_argument("--env", help="gymnasium environment id (default: the config's, Pendulum-v1)")
+    p.add_argument("--config", metavar="FILE", help="the trainer's TOML file (algorithm and actor "
+                   "architecture, env, [workers] settings); default settings otherwise")
     p.add_argument("--name", metavar="NAME", help="this worker's id (default HOSTNAME-PID); with --keys "
                    "its key pair is KEYS_DIR/workers/NAME.key_secret")
     p.add_argument("--keys", metavar="DIR", help="CURVE keys: DIR/trainer.key (DIR/relay.key with "
@@ -248,14 +333,9 @@ def _add_worker_parser(sub) -> None:
                    help="allow plaintext to a non-loopback address (a network you trust completely)")
     p.add_argument("--seed", type=int, metavar="N", help="seed of the environment and the policy noise "
                    "(default: random)")
-    p.add_argument("--max-samples-per-episode", type=int, metavar="N", help="cap on steps per episode")
-    p.add_argument("--test-episode-interval", type=int, metavar="K",
-                   help="one test episode every K training episodes (0: never; default 5)")
-    p.add_argument("--buffer-steps", type=int, metavar="N", help="steps per buffer sent (default 25)")
-    p.add_argument("--no-pause-mid-episode", action="store_true",
-                   help="let the rate limit pause this worker only between episodes (robots, games)")
     p.add_argument("--status-interval", type=_positive_float, default=DEFAULT_STATUS_INTERVAL, metavar="S",
                    help=f"seconds between status lines (default {DEFAULT_STATUS_INTERVAL:g})")
+    add_config_flags(p, WORKER_ALIASES, top=WORKER_FIELDS, tables=("workers",))
     p.set_defaults(func=cmd_worker)
 
 
@@ -310,7 +390,25 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _algorithm_from_path(argv: list[str]) -> None:
+    """``--algorithm package.module:NAME`` names an algorithm outside the registry: load it before
+    the flags are made, so its table's flags (``--NAME.field``) exist too."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--algorithm" and i + 1 < len(argv) else (
+            arg.partition("=")[2] if arg.startswith("--algorithm=") else None)
+        if value and ":" in value:
+            from .algorithms import REGISTRY, get_algorithm
+            spec = get_algorithm(value)  # ValueError with the fix if it cannot be loaded
+            REGISTRY.setdefault(spec.name, spec)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        _algorithm_from_path(argv)
+    except ValueError as exc:
+        print(f"relayrl: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -14,7 +14,8 @@ A run is described by :class:`RunConfig`; its sections map to the TOML file's ta
     [workers]
     count = 2
 
-    [sac]
+    algorithm = "sac"  # a name in relayrl.algorithms.REGISTRY, or "package.module:ALGORITHM"
+    [sac]            # the chosen algorithm's settings, under its name
     lr_actor = 3e-4
 
 Precedence: defaults < the ``--config`` file < command-line flags.
@@ -33,7 +34,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .algorithms.sac import SACConfig
+from .algorithms import Algorithm, get_algorithm
 
 
 class ConfigError(ValueError):
@@ -162,16 +163,16 @@ class WorkersConfig:
                f"workers.slack_samples must be an integer >= 0, got {self.slack_samples!r}")
 
 
-EMBEDDED_SAC = {"lr_actor": 1e-3, "lr_critic": 1e-3, "lr_entropy": 1e-3}
-"""Where ``relayrl train``'s SAC settings differ from :class:`SACConfig`'s defaults."""
-
-
 @dataclass
 class RunConfig:
     """Everything ``relayrl train`` needs."""
 
     env: str = "Pendulum-v1"
-    """Gymnasium environment id (continuous Box actions, vector observations for SAC)."""
+    """Gymnasium environment id, or "package.module:factory" for an environment of your own (the
+    algorithm says which spaces it can train on)."""
+    algorithm: str = "sac"
+    """The algorithm: a name in relayrl.algorithms.REGISTRY, or the "package.module:NAME" path of
+    an Algorithm of your own. Its settings are the TOML table of the same name ([sac])."""
     seed: int = 0
     """Seeds torch, the memory's sampler and the workers (worker i uses seed + 1 + i)."""
     run_dir: str = "runs/pendulum"
@@ -182,15 +183,20 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
-    sac: SACConfig = field(default_factory=lambda: SACConfig(**EMBEDDED_SAC))
-    """SAC's hyperparameters: :class:`~relayrl.algorithms.sac.SACConfig`'s defaults (SB3's), except
-    the learning rates, 1e-3 here (:data:`EMBEDDED_SAC`), the value RL Baselines3 Zoo tuned for
-    SAC on Pendulum-v1, the default environment: it reaches a test return of -200 in fewer
-    environment steps than 3e-4 (``benchmarks/bench_e2e.py`` compares both). For another
-    environment, 3e-4 is the usual starting point."""
+    agent: Any = None
+    """The algorithm's settings: an instance of its config dataclass, the TOML table named after the
+    algorithm. None: the algorithm's ``relayrl train`` defaults (``Algorithm.run_defaults`` over its
+    dataclass defaults; for SAC the learning rates 1e-3, RL Baselines3 Zoo's value for
+    Pendulum-v1, the default environment, instead of SB3's 3e-4)."""
 
     def __post_init__(self) -> None:
         _check(isinstance(self.env, str) and self.env != "", f"env must be a gymnasium id, got {self.env!r}")
+        spec = self.algorithm_spec
+        if self.agent is None:
+            self.agent = _build_settings(spec, {}, f"[{spec.name}]")
+        _check(isinstance(self.agent, spec.config),
+               f"agent must be a {spec.config.__name__} for algorithm {self.algorithm!r}, got "
+               f"{type(self.agent).__name__}")
         _check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
         _check(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1,
                f"keep_checkpoints must be an integer >= 1, got {self.keep_checkpoints!r}")
@@ -198,15 +204,56 @@ class RunConfig:
                f"training.start_training ({self.training.start_training}) exceeds memory.capacity "
                f"({self.memory.capacity}): training could never start; lower one or raise the other")
 
+    @property
+    def algorithm_spec(self) -> Algorithm:
+        """The registry entry of ``algorithm`` (ConfigError if there is none)."""
+        try:
+            return get_algorithm(self.algorithm)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Nested plain data in the shape of the TOML file (the settings under the algorithm's name)."""
+        data: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "agent":
+                data[self.algorithm_spec.name] = dataclasses.asdict(value)
+            else:
+                data[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return data
+
+    def env_spaces(self) -> tuple[Any, Any]:
+        """Build the environment once: ``(observation_space, action_space)``, with a clear
+        ``ValueError`` for unknown ids and for spaces the algorithm cannot handle."""
+        from .envs import env_spaces
+        obs_space, act_space = env_spaces(self.env)
+        try:
+            self.algorithm_spec.validate_spaces(obs_space, act_space)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.env}: {exc}") from None
+        return obs_space, act_space
+
+    def actor_factory(self):
+        """The callable ``(observation_space, action_space) -> ActorModule`` of this run's policy."""
+        return self.algorithm_spec.make_actor_factory(self.agent)
 
 
-SECTIONS = {"training": TrainingConfig, "memory": MemoryConfig, "workers": WorkersConfig, "sac": SACConfig}
+SECTIONS = {"training": TrainingConfig, "memory": MemoryConfig, "workers": WorkersConfig}
+"""The tables every run has; the algorithm's table is named after it."""
+
+
+def _optional(f: dataclasses.Field) -> bool:
+    return "None" in str(f.type)
 
 
 def _build(cls, values: dict[str, Any], where: str):
-    names = {f.name for f in dataclasses.fields(cls)}
+    """``cls(**values)`` with ConfigErrors naming ``where``. The string "none" stands for None in
+    the fields that may be None (TOML has no null)."""
+    fields_by_name = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields_by_name)
+    values = {k: (None if isinstance(v, str) and v.lower() == "none" and k in fields_by_name
+                  and _optional(fields_by_name[k]) else v) for k, v in values.items()}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(names)}")
@@ -218,23 +265,40 @@ def _build(cls, values: dict[str, Any], where: str):
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def _build_settings(spec: Algorithm, values: dict[str, Any], where: str):
+    """The algorithm's settings: a table gives only the keys it changes, the rest keep the
+    algorithm's ``relayrl train`` defaults."""
+    return _build(spec.config, {**spec.run_defaults, **values}, where)
+
+
 def config_from_dict(data: dict[str, Any], where: str = "configuration") -> RunConfig:
     """A validated :class:`RunConfig` from nested dicts (TOML tables, JSON from a checkpoint)."""
+    algorithm = data.get("algorithm", "sac")
+    try:
+        spec = get_algorithm(algorithm)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     top, sections = {}, {}
     for key, value in data.items():
-        if key in SECTIONS:
+        if key in SECTIONS or key == spec.name:
             if not isinstance(value, dict):
                 raise ConfigError(f"[{key}] in {where} must be a table, got {value!r}")
-            # a table gives only the keys it changes: the rest keep RunConfig's defaults
-            defaults = EMBEDDED_SAC if key == "sac" else {}
-            sections[key] = _build(SECTIONS[key], {**defaults, **value}, f"[{key}] of {where}")
+            if key == spec.name:
+                sections["agent"] = _build_settings(spec, value, f"[{key}] of {where}")
+            else:  # a table gives only the keys it changes: the rest keep RunConfig's defaults
+                sections[key] = _build(SECTIONS[key], value, f"[{key}] of {where}")
         else:
             top[key] = value
-    names = {f.name for f in dataclasses.fields(RunConfig)} - set(SECTIONS)
+    names = {f.name for f in dataclasses.fields(RunConfig)} - set(SECTIONS) - {"agent"}
     unknown = sorted(set(top) - names)
     if unknown:
+        hint = ""
+        tables = [k for k in unknown if isinstance(top[k], dict)]
+        if tables:
+            hint = (f" (a table of algorithm settings must be named after the algorithm, "
+                    f"[{spec.name}] here: set algorithm = {tables[0]!r} to use [{tables[0]}])")
         raise ConfigError(f"unknown key(s) {unknown} in {where}; valid top-level keys: {sorted(names)}"
-                          f" and tables {sorted(SECTIONS)}")
+                          f" and tables {sorted(SECTIONS) + [spec.name]}{hint}")
     return RunConfig(**top, **sections)
 
 
@@ -252,15 +316,52 @@ def load_config(path: str | Path) -> RunConfig:
     return config_from_dict(data, where=str(path))
 
 
+def to_toml(config: RunConfig) -> str:
+    """The configuration as a TOML file that :func:`load_config` reads back (unset optional
+    values, which TOML cannot hold, are left out so they keep their automatic default)."""
+    import tomli_w
+
+    def clean(node, defaults):
+        out = {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                out[key] = clean(value, defaults.get(key, {}))
+            elif value is None:  # left out keeps a None default; "none" overrides another default
+                if defaults.get(key) is not None:
+                    out[key] = "none"
+            else:
+                out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    defaults = RunConfig(algorithm=config.algorithm).to_dict()
+    data = clean(config.to_dict(), defaults)
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    return tomli_w.dumps({**scalars, **tables})
+
+
 def with_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
-    """A copy of ``config`` with dotted overrides applied (``{"training.epochs": 3}``); None is skipped."""
+    """A copy of ``config`` with dotted overrides applied (``{"training.epochs": 3}``); None is skipped.
+    Changing ``algorithm`` drops the previous algorithm's settings (the new one starts from its
+    defaults, then the overrides for its table apply)."""
     data = config.to_dict()
+    new_algorithm = overrides.get("algorithm")
+    if new_algorithm is not None and new_algorithm != config.algorithm:
+        data.pop(config.algorithm_spec.name, None)
+        data["algorithm"] = new_algorithm
+        try:
+            data.setdefault(get_algorithm(new_algorithm).name, {})
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     for dotted, value in overrides.items():
-        if value is None:
+        if value is None or dotted == "algorithm":
             continue
         node = data
         *parents, leaf = dotted.split(".")
         for part in parents:
+            if part not in node:
+                raise ConfigError(f"--{dotted}: no table [{part}] in this configuration (the algorithm's "
+                                  f"table is [{config.algorithm_spec.name}] unless --algorithm changes it)")
             node = node[part]
         node[leaf] = value
     return config_from_dict(data)

@@ -19,14 +19,34 @@ training object stays checkpointable and testable with a fake.
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from .actor import ActorModule
-from .buffer import Buffer
+if TYPE_CHECKING:
+    from .actor import ActorModule
+    from .buffer import Buffer
+
+__all__ = ["Interface", "check_interface"]
+
+OPTIONAL_METHODS = ("wait_for_data", "report_progress")
 
 
 @runtime_checkable
-class TrainerInterface(Protocol):
-    def retrieve_buffer(self) -> Buffer: ...
+class Interface(Protocol):
+    """What ``TrainingOffline.run_epoch`` and ``Trainer.run`` need (the two required methods)."""
 
-    def broadcast_model(self, actor: ActorModule) -> None: ...
+    def retrieve_buffer(self) -> "Buffer": ...
+
+    def broadcast_model(self, actor: "ActorModule") -> None: ...
+
+
+def check_interface(interface) -> None:
+    """A ``TypeError`` naming what is missing when ``interface`` cannot serve a run."""
+    missing = [name for name in ("retrieve_buffer", "broadcast_model")
+               if not callable(getattr(interface, name, None))]
+    if missing:
+        raise TypeError(f"{type(interface).__name__} is not a trainer interface: it has no "
+                        f"{' and no '.join(missing)} method (see relayrl.interface)")
+    for name in OPTIONAL_METHODS:
+        value = getattr(interface, name, None)
+        if value is not None and not callable(value):
+            raise TypeError(f"{type(interface).__name__}.{name} is not a method (see relayrl.interface)")

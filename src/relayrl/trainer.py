@@ -26,46 +26,24 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .algorithms.sac import MLPActor, SACAgent
 from .checkpoint import CheckpointError, load_latest, save_checkpoint
 from .config import RunConfig
+from .interface import check_interface
 from .loggers import CsvLogger, JsonlLogger, TensorBoardLogger, format_table
 from .memory import ReplayMemory
 from .system import available_cores
 from .training_offline import TorchTrainingOffline
-from .worker import make_env
 
 log = logging.getLogger("relayrl")
 
 CHECKPOINT_FORMAT = "relayrl.trainer/1"
 
 
-def validate_env(config: RunConfig):
-    """Build the env once: a clear error for unknown ids and spaces SAC cannot handle."""
-    from gymnasium import spaces
-    env = make_env(config.env)
-    try:
-        obs_space, act_space = env.observation_space, env.action_space
-    finally:
-        env.close()
-    if not isinstance(act_space, spaces.Box):
-        raise ValueError(f"{config.env} has a {type(act_space).__name__} action space; SAC needs "
-                         "continuous (Box) actions: pick an environment with a Box action space")
-    if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
-        raise ValueError(f"{config.env} has observation space {obs_space}; SAC here needs a 1-D Box "
-                         "(vector) observation: flatten it with a gymnasium wrapper")
-    return obs_space, act_space
-
-
-def actor_factory(config: RunConfig):
-    """The callable workers use to build the policy network of this configuration."""
-    return functools.partial(MLPActor, hidden_sizes=tuple(config.sac.hidden_sizes))
-
-
 def default_torch_threads(parallel_update: bool) -> int:
     """The trainer's torch threads when ``training.torch_threads`` is 0: one core is left to the
-    workers, the transport and the OS, and a SAC agent that runs its critic and actor steps in two
-    threads (``SACConfig.parallel_update``) gets half of the rest for each of them."""
+    workers, the transport and the OS, and an agent that runs two halves of its update in two
+    threads (its ``parallel_update`` attribute, see :mod:`relayrl.algorithms.two_threads`) gets
+    half of the rest for each of them."""
     spare = max(1, available_cores() - 1)
     return max(1, spare // 2) if parallel_update else spare
 
@@ -78,14 +56,14 @@ class Trainer:
         self.run_dir = Path(config.run_dir)
         self.progress = progress
         self.print_tables = print_tables
-        self.spaces = validate_env(config)
+        self.spaces = config.env_spaces()  # a clear ValueError for spaces the algorithm cannot use
         torch.manual_seed(config.seed)
         t = config.training
         self.training = TorchTrainingOffline(
             env_cls=self.spaces,
             memory_cls=functools.partial(ReplayMemory, batch_size=config.memory.batch_size,
                                          capacity=config.memory.capacity, seed=config.seed),
-            training_agent_cls=functools.partial(SACAgent, config=config.sac),
+            training_agent_cls=functools.partial(config.algorithm_spec.agent_class(), config=config.agent),
             epochs=t.epochs, rounds=t.rounds, steps=t.steps,
             update_model_interval=t.update_model_interval,
             update_buffer_interval=t.update_buffer_interval,
@@ -118,6 +96,11 @@ class Trainer:
         if saved_env != self.config.env:
             raise CheckpointError(f"{self.run_dir} holds a run on {saved_env!r}, not {self.config.env!r}:"
                                   " use another --run-dir, or the same --env to resume it")
+        saved_algorithm = state.get("config", {}).get("algorithm", "sac")
+        if saved_algorithm != self.config.algorithm:
+            raise CheckpointError(f"{self.run_dir} holds a run of algorithm {saved_algorithm!r}, not "
+                                  f"{self.config.algorithm!r}: use another --run-dir, or --algorithm "
+                                  f"{saved_algorithm} to resume it")
         try:
             self.training.load_state_dict(state["training"])
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
@@ -144,6 +127,7 @@ class Trainer:
     # --- the run ---------------------------------------------------------------------------------
     def run(self, interface) -> list[pd.Series]:
         """Run the remaining epochs; checkpoint after each; save and re-raise on Ctrl+C."""
+        check_interface(interface)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         loggers = [CsvLogger(self.run_dir / "stats.csv"), JsonlLogger(self.run_dir / "stats.jsonl"),

@@ -30,30 +30,21 @@ same few MB of activations at every update.
 """
 from __future__ import annotations
 
-import ctypes
+import functools
 import math
-import os
-import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterable, Sequence
+from dataclasses import asdict, fields
+from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
-from ..actor import ActorModule
 from ..system import available_cores
 from ..training import TrainingAgent
+from .configs import SACConfig
+from .networks import EnsembleCritic, MLPActor, check_vector_spaces, fused_adam, tune_cpu_allocator
+from .two_threads import TwoThreads
 
-__all__ = ["SACConfig", "MLPActor", "EnsembleCritic", "SACAgent", "tune_cpu_allocator"]
-
-LOG_STD_MIN = -20.0
-LOG_STD_MAX = 2.0
-_LOG_2 = math.log(2.0)
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+__all__ = ["SACConfig", "MLPActor", "EnsembleCritic", "SACAgent", "actor_factory", "check_spaces"]
 
 METRIC_KEYS = ("loss_critic", "loss_actor", "loss_entropy_coef", "entropy_coef", "q_mean",
                "q_target_mean", "log_prob_mean")
@@ -68,379 +59,6 @@ METRIC_KEYS = ("loss_critic", "loss_actor", "loss_entropy_coef", "entropy_coef",
 - ``log_prob_mean``: mean log-probability of the policy's fresh actions (minus the entropy estimate).
 """
 
-
-# ------------------------------------------------------------------------------------------------
-# configuration
-# ------------------------------------------------------------------------------------------------
-def _wait_through_interrupts(future) -> None:
-    """Wait until ``future`` is done, even if KeyboardInterrupt arrives meanwhile (re-raised after)."""
-    interrupted = None
-    while True:
-        try:
-            futures_wait([future])
-            break
-        except KeyboardInterrupt as exc:
-            interrupted = exc
-    if interrupted is not None:
-        raise interrupted
-
-
-@dataclass
-class SACConfig:
-    """Hyperparameters of :class:`SACAgent`. Defaults are Stable-Baselines3's SAC defaults."""
-
-    gamma: float = 0.99
-    """Discount factor, in [0, 1]."""
-
-    polyak: float = 0.995
-    """Target-network averaging: ``target = polyak * target + (1 - polyak) * online`` (SB3's
-    ``tau = 1 - polyak = 0.005``). In [0, 1]; 0 copies the online critics each time."""
-
-    lr_actor: float = 3e-4
-    """Adam learning rate of the policy."""
-
-    lr_critic: float = 3e-4
-    """Adam learning rate of the twin critics."""
-
-    lr_entropy: float = 3e-4
-    """Adam learning rate of ``log_alpha`` (used only when ``learn_entropy_coef``)."""
-
-    betas: tuple[float, float] = (0.9, 0.999)
-    """Adam ``(beta1, beta2)`` for all three optimisers (really applied, unlike tmrl)."""
-
-    weight_decay: float = 0.0
-    """Adam L2 weight decay of the actor and critic optimisers (never applied to ``log_alpha``,
-    where it would pull alpha towards 1)."""
-
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    """Hidden layer widths of the actor and of each critic (ReLU MLPs)."""
-
-    learn_entropy_coef: bool = True
-    """Tune alpha towards ``target_entropy`` (SB3's ``ent_coef="auto"``). If false, alpha stays
-    ``alpha``."""
-
-    alpha: float = 0.2
-    """The fixed entropy coefficient, used when ``learn_entropy_coef`` is false."""
-
-    initial_alpha: float = 1.0
-    """Starting entropy coefficient when ``learn_entropy_coef`` is true. 1.0 is SB3's ``"auto"``
-    start; ``alpha`` is not used then."""
-
-    target_entropy: float | None = None
-    """Entropy the tuned alpha aims for; ``None`` means ``-dim(action space)``."""
-
-    target_update_interval: int = 1
-    """Polyak-update the target critics every this many updates."""
-
-    parallel_update: bool | None = None
-    """Run the critic step and the actor (+ entropy) step of each update at the same time, in two
-    threads, each on its own core: about 1.7x more updates per second on 2 cores. Both steps then
-    start from the parameters as they were at the beginning of the update, so the actor's loss sees
-    the critics *before* this update's critic step (as in the original SAC implementation, which ran
-    all steps in one graph) instead of the critics just updated (SB3's order, the one used when
-    this is false). The learning curves of both orders are compared in
-    ``benchmarks/bench_learning.py``. Random draws use two seeded generators of the agent's own, so
-    a seeded run is reproducible in both modes. ``None`` (the default): on for a CPU device when
-    at least 2 cores are available, off otherwise (on a GPU the two threads would only queue
-    kernels on the same stream). With it on, give torch at most half the cores
-    (``torch.set_num_threads``): each thread runs its own team of torch threads."""
-
-    tune_allocator: bool = True
-    """On a CPU device under Linux/glibc, call :func:`tune_cpu_allocator` when the agent is built,
-    so the ~200 page faults per update that glibc's default heap trimming costs disappear (about
-    15-20% more updates/s at the default sizes). Process-wide: up to 256 MB of freed memory then
-    stays mapped in the process. Set this to false to leave ``malloc`` alone."""
-
-    def __post_init__(self) -> None:
-        def bad(name: str, value: Any, fix: str) -> ValueError:
-            return ValueError(f"SACConfig.{name}={value!r} is invalid: {fix}")
-
-        for name in ("gamma", "polyak"):
-            value = getattr(self, name)
-            if not _is_real(value) or not 0.0 <= value <= 1.0:
-                raise bad(name, value, "use a number in [0, 1]")
-        for name in ("lr_actor", "lr_critic", "lr_entropy", "alpha", "initial_alpha"):
-            value = getattr(self, name)
-            if not _is_real(value) or not value > 0.0 or not math.isfinite(value):
-                raise bad(name, value, "use a finite number > 0")
-        try:
-            betas = tuple(float(b) for b in self.betas)
-        except TypeError:
-            betas = ()
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise bad("betas", self.betas, "use two numbers in [0, 1), e.g. (0.9, 0.999)")
-        self.betas = betas  # type: ignore[assignment]
-        if not _is_real(self.weight_decay) or not 0.0 <= self.weight_decay < math.inf:
-            raise bad("weight_decay", self.weight_decay, "use a finite number >= 0")
-        if isinstance(self.hidden_sizes, int):
-            self.hidden_sizes = (self.hidden_sizes,)
-        try:
-            sizes = tuple(self.hidden_sizes)
-        except TypeError:
-            sizes = ()
-        if not sizes or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
-                                for s in sizes):
-            raise bad("hidden_sizes", self.hidden_sizes,
-                      "use a non-empty sequence of positive integers, e.g. (256, 256)")
-        self.hidden_sizes = tuple(int(s) for s in sizes)
-        if not isinstance(self.learn_entropy_coef, (bool, np.bool_)):
-            raise bad("learn_entropy_coef", self.learn_entropy_coef, "use True or False")
-        self.learn_entropy_coef = bool(self.learn_entropy_coef)
-        if self.target_entropy is not None and (not _is_real(self.target_entropy)
-                                                or not math.isfinite(self.target_entropy)):
-            raise bad("target_entropy", self.target_entropy,
-                      "use a finite number, or None for -dim(action space)")
-        if (not isinstance(self.target_update_interval, (int, np.integer))
-                or isinstance(self.target_update_interval, bool) or self.target_update_interval < 1):
-            raise bad("target_update_interval", self.target_update_interval, "use an integer >= 1")
-        self.target_update_interval = int(self.target_update_interval)
-        if self.parallel_update is not None and not isinstance(self.parallel_update, (bool, np.bool_)):
-            raise bad("parallel_update", self.parallel_update, "use True, False or None (automatic)")
-        if self.parallel_update is not None:
-            self.parallel_update = bool(self.parallel_update)
-        if not isinstance(self.tune_allocator, (bool, np.bool_)):
-            raise bad("tune_allocator", self.tune_allocator, "use True or False")
-        self.tune_allocator = bool(self.tune_allocator)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-# ------------------------------------------------------------------------------------------------
-# the allocator
-# ------------------------------------------------------------------------------------------------
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_allocator_tuned = False
-
-
-def tune_cpu_allocator(trim_threshold: int = 256 << 20, mmap_threshold: int = 32 << 20) -> bool:
-    """Keep freed ``malloc`` memory in the process instead of returning it to the OS at once.
-
-    Each SAC update allocates and frees a few MB of activations and gradients (0.5 MB per
-    ``(2, 256, 256)`` tensor). glibc serves blocks over 128 KB with ``mmap`` and trims the top of
-    the heap as soon as 128 KB-1 MB is free there, so every update pays for the same memory again
-    as ~200 page faults. Raising both thresholds (``mallopt``) makes those blocks come from a heap
-    that stays mapped. Process-wide and idempotent; returns whether it is in effect (false off
-    glibc, e.g. macOS, Windows, musl). Equivalent to starting Python with
-    ``GLIBC_TUNABLES=glibc.malloc.trim_threshold=...:glibc.malloc.mmap_threshold=...``.
-    """
-    global _allocator_tuned
-    if _allocator_tuned:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))
-                            and mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
-    return _allocator_tuned
-
-
-# ------------------------------------------------------------------------------------------------
-# spaces
-# ------------------------------------------------------------------------------------------------
-def _check_spaces(observation_space, action_space) -> tuple[int, int]:
-    """Return ``(obs_dim, act_dim)``; refuse what SAC (as written here) cannot handle."""
-    from gymnasium import spaces
-
-    if not isinstance(action_space, spaces.Box):
-        raise TypeError(f"SAC needs a continuous gymnasium.spaces.Box action space, got "
-                        f"{action_space!r}; discretise nothing, use a Box (or another algorithm)")
-    if len(action_space.shape) != 1:
-        raise ValueError(f"SAC needs a 1-D Box action space, got shape {action_space.shape}; "
-                         f"flatten the actions with a wrapper")
-    low, high = np.asarray(action_space.low, np.float64), np.asarray(action_space.high, np.float64)
-    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
-        raise ValueError(f"SAC squashes actions into the Box bounds, which must be finite with "
-                         f"high > low; got low={action_space.low}, high={action_space.high}. "
-                         f"Wrap the environment with bounded actions (e.g. RescaleAction)")
-    if not isinstance(observation_space, spaces.Box):
-        raise TypeError(f"SAC needs vector observations (a 1-D gymnasium.spaces.Box), got "
-                        f"{observation_space!r}; flatten them, e.g. with gymnasium's "
-                        f"FlattenObservation wrapper")
-    if len(observation_space.shape) != 1:
-        raise ValueError(f"SAC needs vector observations (a 1-D Box), got an observation space of "
-                         f"shape {observation_space.shape}; flatten them, e.g. with gymnasium's "
-                         f"FlattenObservation wrapper")
-    return int(observation_space.shape[0]), int(action_space.shape[0])
-
-
-# ------------------------------------------------------------------------------------------------
-# the policy
-# ------------------------------------------------------------------------------------------------
-class MLPActor(ActorModule):
-    """Tanh-squashed Gaussian policy: ``a = tanh(mu + std * eps)``, rescaled to the Box bounds.
-
-    ``forward`` works in the squashed space [-1, 1] (what the learner needs); ``act`` returns
-    environment actions. ``weights()`` holds only the network parameters: the rescaling is derived
-    from the action space.
-    """
-
-    def __init__(self, observation_space, action_space, hidden_sizes: Sequence[int] = (256, 256)):
-        super().__init__(observation_space, action_space)
-        obs_dim, act_dim = _check_spaces(observation_space, action_space)
-        self.obs_dim, self.act_dim = obs_dim, act_dim
-        # Weights are stored (in, out) and applied with addmm, whose weight gradient is then
-        # input^T @ grad: BLAS runs that shape several times faster than nn.Linear's grad^T @ input
-        # for the skinny first layer. Initialised like nn.Linear. The last layer outputs the mean
-        # and the log-std together (one matmul for both).
-        sizes = [obs_dim, *map(int, hidden_sizes), 2 * act_dim]
-        self.kernels = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            bound = 1.0 / math.sqrt(fan_in)
-            self.kernels.append(nn.Parameter(torch.empty(fan_in, fan_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(fan_out).uniform_(-bound, bound)))
-        low = torch.as_tensor(action_space.low, dtype=torch.float32)
-        high = torch.as_tensor(action_space.high, dtype=torch.float32)
-        self.register_buffer("action_scale", (high - low) / 2.0, persistent=False)
-        self.register_buffer("action_bias", (high + low) / 2.0, persistent=False)
-        self.register_buffer("action_low", low, persistent=False)
-        self.register_buffer("action_high", high, persistent=False)
-        self._logprob_const = act_dim * (_HALF_LOG_2PI + 2.0 * _LOG_2)
-        self._refresh_layers()
-
-    def _refresh_layers(self) -> None:
-        # (kernel, bias) pairs as a plain tuple: iterating a ParameterList costs ~10 us per call,
-        # as much as the rest of act() on a small network.
-        self._layers = tuple(zip(self.kernels, self.biases))
-        self._on_cpu = self.action_scale.device.type == "cpu"
-
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        self._refresh_layers()  # .to()/.cuda() may replace the parameter objects
-        return out
-
-    def _dist(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and clamped log-std of the pre-tanh Gaussian, for a batch ``(B, obs_dim)``."""
-        *hidden, (w_out, b_out) = self._layers
-        h = obs
-        for w, b in hidden:
-            h = torch.addmm(b, h, w).relu_()  # in place: addmm's backward needs no output
-        mu, log_std = torch.addmm(b_out, h, w_out).chunk(2, dim=-1)
-        return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-
-    def forward(self, obs: torch.Tensor, test: bool = False, with_logprob: bool = True,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(action in [-1, 1], log-probability of that action or None)`` for a batch ``(B, obs_dim)``.
-
-        ``test=True`` is deterministic (``tanh(mu)``); ``generator`` draws the noise (default: torch's
-        global generator). The log-probability includes the tanh
-        change of variables, in its numerically stable form
-        ``log(1 - tanh(u)^2) = 2 log 2 - 2 logaddexp(u, -u)``.
-        """
-        if obs.dim() == 1:  # one observation: answer for a batch of one, without the batch dim
-            action, logprob = self.forward(obs.unsqueeze(0), test, with_logprob, generator)
-            return action[0], (None if logprob is None else logprob[0])
-        mu, log_std = self._dist(obs)
-        if test:
-            u = mu
-            gauss = -log_std
-        else:
-            noise = (torch.randn_like(mu) if generator is None else
-                     torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device))
-            u = torch.addcmul(mu, log_std.exp(), noise)
-            # log N(u; mu, std) + log(2 pi)/2 = -noise^2/2 - log_std, with noise = (u - mu) / std
-            gauss = noise.square().mul_(-0.5) - log_std
-        action = torch.tanh(u)
-        if not with_logprob:
-            return action, None
-        # log(1 - tanh(u)^2) = 2 log 2 - 2 log(e^u + e^-u): exact and stable for any u.
-        per_dim = torch.add(gauss, torch.logaddexp(u, -u), alpha=2.0)
-        logprob = per_dim.sum(dim=-1) - self._logprob_const
-        return action, logprob
-
-    def scale_action(self, action: torch.Tensor) -> torch.Tensor:
-        """Squashed [-1, 1] actions -> environment units."""
-        return torch.addcmul(self.action_bias, action, self.action_scale)
-
-    def act(self, obs, test: bool = False) -> np.ndarray:
-        """One environment action (float32, within the Box bounds) for one observation."""
-        array = np.asarray(obs, dtype=np.float32)
-        if not array.flags.writeable:  # torch.from_numpy warns on read-only arrays
-            array = array.copy()
-        x = torch.from_numpy(array).reshape(1, -1)
-        with torch.no_grad():
-            if not self._on_cpu:
-                x = x.to(self.action_scale.device)
-            mu, log_std = self._dist(x)
-            u = mu if test else torch.addcmul(mu, log_std.exp_(), torch.randn_like(mu))
-            action = torch.addcmul(self.action_bias, u.tanh_(), self.action_scale)
-            # tanh may round to exactly +-1 and the rescale then overshoot the bound by an ulp
-            action = torch.clamp(action, self.action_low, self.action_high)
-            return action.reshape(-1).cpu().numpy()
-
-
-# ------------------------------------------------------------------------------------------------
-# the critics
-# ------------------------------------------------------------------------------------------------
-class EnsembleCritic(nn.Module):
-    """``n`` independent Q-network MLPs evaluated in one pass with batched matmuls.
-
-    Layer ``i`` has weight ``(n, in, out)`` and bias ``(n, 1, out)``, initialised like
-    ``nn.Linear`` (uniform in ``+-1/sqrt(in)``), so each member is an ordinary MLP. The output
-    layer (``out = 1``) is computed as a multiply-and-sum instead of a matmul: BLAS is slow on
-    such degenerate shapes (``k = 1`` outer products in the backward pass cost 15x more).
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int] = (256, 256),
-                 n: int = 2):
-        super().__init__()
-        self.n = n
-        sizes = [obs_dim + act_dim, *map(int, hidden_sizes), 1]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            bound = 1.0 / math.sqrt(fan_in)
-            self.weights.append(nn.Parameter(torch.empty(n, fan_in, fan_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(n, 1, fan_out).uniform_(-bound, bound)))
-        self._refresh_layers()
-
-    def _refresh_layers(self) -> None:
-        self._layers = tuple(zip(self.weights, self.biases))  # ParameterList iteration is slow
-
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        self._refresh_layers()
-        return out
-
-    def forward(self, obs: torch.Tensor, action: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
-        """Q-values ``(n, B)`` of ``(obs, action)`` (both ``(B, ·)``).
-
-        ``detach_params=True`` lets gradients flow to the inputs only (for the actor loss).
-        """
-        x = torch.cat((obs, action), dim=-1)
-        h = x.unsqueeze(0).expand(self.n, *x.shape)
-        layers = self._layers
-        if detach_params:
-            layers = tuple((w.detach(), b.detach()) for w, b in layers)
-        *hidden, (w_out, b_out) = layers
-        for w, b in hidden:
-            h = torch.baddbmm(b, h, w).relu_()  # in place: baddbmm's backward needs no output
-        # (n, B, H) * (n, 1, H) summed over H, plus the (n, 1) bias
-        q = torch.mul(h, w_out.transpose(1, 2)).sum(dim=-1)
-        return q + b_out.view(self.n, 1)
-
-
-# ------------------------------------------------------------------------------------------------
-# the agent
-# ------------------------------------------------------------------------------------------------
-def _adam(params: Iterable[torch.Tensor], lr: float, betas: tuple[float, float],
-          weight_decay: float) -> torch.optim.Adam:
-    """Fused Adam (one kernel for all tensors) where this torch has it for the parameters' device,
-    else the multi-tensor (foreach) one."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True)
 
 
 class SACAgent(TrainingAgent):
@@ -458,7 +76,7 @@ class SACAgent(TrainingAgent):
     def __init__(self, observation_space, action_space, device: str | torch.device = "cpu",
                  config: SACConfig | None = None, **config_overrides: Any):
         super().__init__(observation_space, action_space, device)
-        obs_dim, act_dim = _check_spaces(observation_space, action_space)
+        obs_dim, act_dim = check_vector_spaces(observation_space, action_space)
         if config is None:
             config = SACConfig(**config_overrides)
         elif config_overrides:
@@ -490,11 +108,11 @@ class SACAgent(TrainingAgent):
                              else torch.tensor(config.alpha, dtype=torch.float32, device=dev))
 
         betas = tuple(config.betas)
-        self.actor_optimizer = _adam(self.actor.parameters(), config.lr_actor, betas,
+        self.actor_optimizer = fused_adam(self.actor.parameters(), config.lr_actor, betas,
                                      config.weight_decay)
-        self.critic_optimizer = _adam(self.critic.parameters(), config.lr_critic, betas,
+        self.critic_optimizer = fused_adam(self.critic.parameters(), config.lr_critic, betas,
                                       config.weight_decay)
-        self.entropy_optimizer = (_adam([self.log_alpha], config.lr_entropy, betas, 0.0)
+        self.entropy_optimizer = (fused_adam([self.log_alpha], config.lr_entropy, betas, 0.0)
                                   if config.learn_entropy_coef else None)
 
         self.parallel_update = (dev.type == "cpu" and available_cores() >= 2
@@ -502,8 +120,7 @@ class SACAgent(TrainingAgent):
         # Parallel mode: the critic step runs in this one-thread pool while the caller's thread
         # does the actor step; each side draws its noise from its own generator (seeded from
         # torch's global one), so the draws do not depend on how the threads interleave.
-        self._critic_thread: ThreadPoolExecutor | None = None
-        self._critic_thread_pid = 0
+        self._threads = TwoThreads("relayrl-sac-critic")
         self._gen_target = self._gen_policy = None
         if self.parallel_update:
             seeds = torch.randint(0, 2 ** 62, (2,), dtype=torch.int64).tolist()
@@ -593,32 +210,17 @@ class SACAgent(TrainingAgent):
             self.critic_optimizer.step()
             return q, loss_critic, target
 
-        if self._critic_thread is None or self._critic_thread_pid != os.getpid():
-            # (again after a fork: the child does not inherit the parent's threads)
-            self._critic_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relayrl-sac-critic")
-            self._critic_thread_pid = os.getpid()
-        future = None
-        try:
-            future = self._critic_thread.submit(critic_side)
+        def actor_side():
             try:
-                loss_actor, loss_entropy, logprob_mean = self._actor_backward(obs, alpha, self._gen_policy)
+                losses = self._actor_backward(obs, alpha, self._gen_policy)
             finally:
                 actor_backward_done.set()
             target_done.wait()
             self._actor_step()
-        finally:
-            # Whatever happened here (an error, or Ctrl+C / SIGTERM raising KeyboardInterrupt at any
-            # point, even inside submit), the critic side is never left waiting, and this returns
-            # only once it is done: a checkpoint saved after an interrupt never sees a step in flight.
-            actor_backward_done.set()
-            if future is not None:
-                _wait_through_interrupts(future)
-            else:  # submit itself was interrupted: wait for a task it may have queued anyway
-                try:
-                    _wait_through_interrupts(self._critic_thread.submit(lambda: None))
-                except RuntimeError:  # the pool is shut down: nothing of ours can be in it
-                    pass
-        q, loss_critic, target = future.result()
+            return losses
+
+        (q, loss_critic, target), (loss_actor, loss_entropy, logprob_mean) = self._threads.run(
+            critic_side, actor_side, release=actor_backward_done.set)
         self._after_critic_step()
         return self._metrics(loss_critic, loss_actor, loss_entropy, alpha, q, target, logprob_mean)
 
@@ -660,9 +262,7 @@ class SACAgent(TrainingAgent):
 
     def close(self) -> None:
         """Stop the critic thread of the parallel update (it also ends with the process)."""
-        if self._critic_thread is not None:
-            self._critic_thread.shutdown(wait=True)
-            self._critic_thread = None
+        self._threads.close()
 
     @torch.no_grad()
     def polyak_update(self) -> None:
@@ -710,3 +310,20 @@ class SACAgent(TrainingAgent):
         if self._gen_target is not None and generators:
             self._gen_target.set_state(torch.as_tensor(generators["target"], dtype=torch.uint8).cpu())
             self._gen_policy.set_state(torch.as_tensor(generators["policy"], dtype=torch.uint8).cpu())
+
+
+# ------------------------------------------------------------------------------------------------
+# the registry's hooks (see relayrl.algorithms)
+# ------------------------------------------------------------------------------------------------
+def check_spaces(observation_space, action_space) -> None:
+    """Refuse, with the fix, the spaces SAC as written here cannot handle."""
+    from gymnasium import spaces
+    if not isinstance(action_space, spaces.Box):
+        raise ValueError(f"a {type(action_space).__name__} action space: SAC needs continuous (Box) "
+                         "actions; pick an environment with a Box action space")
+    check_vector_spaces(observation_space, action_space)
+
+
+def actor_factory(config: SACConfig):
+    """The callable ``(observation_space, action_space) -> MLPActor`` workers build the policy with."""
+    return functools.partial(MLPActor, hidden_sizes=tuple(config.hidden_sizes))
