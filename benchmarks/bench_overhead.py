@@ -164,12 +164,12 @@ def run(opts: Options) -> list[str]:
         def round_(name, training=training, interface=interface, prefetch=None, draw_ahead=True):
             training.prefetch = prefetch  # None: relayrl's automatic choice
             if not draw_ahead:  # the loop then draws one batch per update, just before it
-                training.memory.sample_batches = None
+                training.memory.draw_ahead = False
             try:
                 return timed(lambda: rows.setdefault(name, []).append(training.run_round(interface)))
             finally:
                 training.prefetch = None
-                vars(training.memory).pop("sample_batches", None)
+                vars(training.memory).pop("draw_ahead", None)
 
         def train_presampled(agent=agent, presampled=presampled):
             def go():
@@ -220,7 +220,7 @@ def run(opts: Options) -> list[str]:
         control.note = "the reference again (A/A control: the between-run noise floor)"
         flipped.note = "the other prefetch setting, forced"
         one = res[one_name].scaled(1e3 / steps)
-        one.note = "ReplayMemory.sample_batches hidden: the loop draws each batch just before its update"
+        one.note = "memory.draw_ahead = False: the loop draws each batch just before its update"
         ref.note = f"reference: agent.train(b) on batches drawn beforehand ({mode} update)"
         rnd.note = (f"TorchTrainingOffline.run_round, real memory + SAC ({mode} update), fake "
                     f"interface, {prefetch_state} (automatic)")

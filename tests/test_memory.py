@@ -196,3 +196,57 @@ def test_batches_per_draw_follows_the_batch_size_in_bytes():
     images.append(b)
     assert images.batch_bytes == 256 * (2 * 4 * 64 * 64 + 2 * 4 + 3 * 4)  # uint8 observations
     assert images.batches_per_draw == 1  # 8 MB a batch: drawn one at a time
+
+
+def test_draw_ahead_flag_is_explicit_and_conservative():
+    from relayrl.memory import Memory
+
+    assert Memory.draw_ahead is False and ReplayMemory.draw_ahead is True
+
+    class Plain(ReplayMemory):           # draws as ReplayMemory does
+        pass
+
+    class Augmented(ReplayMemory):       # changes how one batch is drawn, says nothing
+        def collate(self, indices):
+            return super().collate(indices)
+
+    class Prioritised(ReplayMemory):
+        def sample_indices(self, count=None):
+            return super().sample_indices(count)
+
+    class Later(Augmented):              # inherits its parent's flag
+        pass
+
+    class Declared(ReplayMemory):        # overrides sample, and says draws may be made ahead
+        draw_ahead = True
+
+        def sample(self):
+            return super().sample()
+
+    assert Plain.draw_ahead and Declared.draw_ahead
+    assert not Augmented.draw_ahead and not Prioritised.draw_ahead and not Later.draw_ahead
+
+
+def test_memory_defaults_draw_batches_one_sample_at_a_time():
+    from relayrl.memory import Memory
+
+    class Counting(Memory):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.samples = 0
+
+        def __len__(self):
+            return 10
+
+        def append(self, buffer):
+            pass
+
+        def sample(self):
+            self.samples += 1
+            return self.samples
+
+    m = Counting(nb_steps=3, batch_size=2, capacity=10)
+    assert m.batches_per_draw == 1 and m.draw_ahead is False
+    assert m.sample_batches(4) == [1, 2, 3, 4] and m.samples == 4
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        m.sample_batches(0)

@@ -81,7 +81,7 @@ def test_finished_run_does_nothing_more(tmp_path):
 def test_corrupt_checkpoint_gives_clear_error(tmp_path, capsys):
     cfg = small_config(tmp_path / "run", epochs=1)
     run(Trainer(cfg, progress=False, print_tables=False))
-    tensors = tmp_path / "run" / "checkpoints" / "epoch-000001" / "tensors.pt"
+    tensors = tmp_path / "run" / "checkpoints" / "epoch-000001" / "tensors.safetensors"
     data = bytearray(tensors.read_bytes())
     data[len(data) // 2] ^= 0xFF
     tensors.write_bytes(bytes(data))

@@ -7,10 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from relayrl.memory import ReplayMemory
+from relayrl import round_stats, training_offline
+from relayrl.batches import DrawAhead, Iterate, Prefetch, PrefetchThread, choose_batch_source
+from relayrl.buffer import EpisodeStats
+from relayrl.memory import Batch, ReplayMemory
+from relayrl.round_stats import EpisodeReader, RoundStats
 from relayrl.training_offline import STATS_KEYS, TorchTrainingOffline, TrainingOffline
 
-from helpers import SPACES, CountingAgent, ScriptedInterface
+from helpers import SPACES, CountingAgent, ScriptedInterface, make_buffer
 
 EXPECTED_SIGNATURE = [
     ("env_cls", None), ("memory_cls", None), ("training_agent_cls", None), ("epochs", 10),
@@ -287,6 +291,8 @@ def test_prefetch_draws_the_same_batches_as_without():
 class _GuardedMemory(ReplayMemory):
     """Fails the test if append() runs while a batch is being drawn (in another thread)."""
 
+    draw_ahead = True  # its sample() only watches: the draws do not depend on the updates
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         import threading
@@ -327,6 +333,8 @@ def test_prefetch_never_changes_the_memory_during_a_draw_even_when_waiting_for_s
 
 def test_prefetch_errors_surface_in_the_loop():
     class Broken(ReplayMemory):
+        draw_ahead = True  # may be prefetched from (it overrides sample, so it must say so)
+
         def sample(self):
             if getattr(self, "n", 0) >= 3:
                 raise ValueError("disk on fire")
@@ -382,7 +390,7 @@ def test_prefetch_automatic_choice_needs_a_free_core(monkeypatch):
 
 # --- drawing the batches between two pulls at once -----------------------------------------------
 class OneAtATime(ReplayMemory):
-    sample_batches = None  # no batched draws: one sample() per update
+    draw_ahead = False  # no draws ahead: one sample() per update, just before it
 
 
 class RecordingDraws(ReplayMemory):
@@ -452,3 +460,270 @@ def test_batches_drawn_at_once_are_capped_by_the_memory():
     t.run_epoch(ScriptedInterface(t, per_pull=50))
     assert t.memory.batches_per_draw == 3
     assert [n for n, _ in t.memory.draws] == [3, 3, 3, 3]
+
+
+# --- batch sources: one strategy per round, chosen from memory.draw_ahead and prefetch ------------
+
+
+class _DuckMemory:
+    """A memory that is not a relayrl Memory and says nothing about drawing ahead."""
+
+    batch_size, capacity = 2, 1000
+
+    def __init__(self, nb_steps, device="cpu"):
+        self.nb_steps, self.data = nb_steps, []
+
+    def __len__(self):
+        return len(self.data)
+
+    def append(self, buffer):
+        self.data.extend(buffer.memory)
+
+    def __iter__(self):
+        for _ in range(self.nb_steps):
+            yield Batch(*(torch.zeros(self.batch_size) for _ in range(6)))
+
+
+def test_the_strategy_is_chosen_from_the_draw_ahead_flag_and_the_prefetch_setting():
+    thread = PrefetchThread()
+    uniform = ReplayMemory(nb_steps=5, batch_size=2, capacity=10)
+    assert type(choose_batch_source(uniform, 5, False, thread)) is DrawAhead
+    assert type(choose_batch_source(uniform, 5, True, thread)) is Prefetch
+    for memory in (OneAtATime(nb_steps=5, batch_size=2, capacity=10), _DuckMemory(5)):
+        for prefetch in (False, True):
+            assert type(choose_batch_source(memory, 5, prefetch, thread)) is Iterate
+    uniform.draw_ahead = False  # an instance may say so too
+    assert type(choose_batch_source(uniform, 5, True, thread)) is Iterate
+    t = make()
+    t.prefetch = False
+    assert type(t._batch_source()) is DrawAhead
+    t.memory.draw_ahead = False
+    assert type(t._batch_source()) is Iterate
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_a_memory_that_may_not_draw_ahead_is_drawn_once_per_update_after_the_previous_one(prefetch):
+    import threading
+
+    events = []
+
+    class Prioritised(ReplayMemory):
+        draw_ahead = False  # its draws depend on what the updates hand back
+
+        def sample(self):
+            events.append(("sample", threading.current_thread().name))
+            return super().sample()
+
+    class Agent(CountingAgent):
+        def train(self, batch):
+            events.append(("train", threading.current_thread().name))
+            return super().train(batch)
+
+    t = make(steps=15, update_buffer_interval=4, batch_size=2, training_agent_cls=Agent,
+             memory_cls=functools.partial(Prioritised, batch_size=2, capacity=100, seed=0))
+    t.prefetch = prefetch
+    try:
+        t.run_epoch(ScriptedInterface(t, per_pull=50))
+    finally:
+        t.close()
+    main = threading.current_thread().name
+    assert events == [("sample", main), ("train", main)] * 15
+
+
+def test_draw_ahead_draws_until_the_next_change_and_again_after_a_pull():
+    memory = RecordingDraws(nb_steps=10, batch_size=2, capacity=100, seed=0)
+    memory.append(make_buffer(20))
+    source = DrawAhead(memory, 10)
+    first = [source.take(ahead) for ahead in (4, 3, 2)]
+    assert memory.draws == [(4, 20)]           # one draw for the batches until the change
+    source.memory_changing()                   # a wait pulls new samples in the middle
+    memory.append(make_buffer(30, start=20))
+    source.take(1)
+    assert memory.draws == [(4, 20), (1, 50)]  # the last batch is drawn again, from the new memory
+    twin = ReplayMemory(nb_steps=10, batch_size=2, capacity=100, seed=0)
+    twin.append(make_buffer(20))
+    for a, b in zip(first, [twin.sample() for _ in range(3)]):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    memory.max_draw_bytes = 2 * memory.batch_bytes   # capped by memory.batches_per_draw
+    source = DrawAhead(memory, 10)
+    source.take(7)
+    assert memory.draws[-1] == (2, 50)
+
+
+def test_prefetch_draws_the_next_batch_in_its_thread_unless_the_memory_changes_first():
+    import threading
+
+    class Watched(ReplayMemory):
+        draw_ahead = True
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.threads = []
+
+        def sample(self):
+            self.threads.append(threading.current_thread().name)
+            return super().sample()
+
+    memory = Watched(nb_steps=10, batch_size=2, capacity=100, seed=0)
+    memory.append(make_buffer(20))
+    thread = PrefetchThread()
+    try:
+        with Prefetch(memory, 10, thread) as source:
+            source.take(3)                      # drawn here; the next one is drawn in the thread
+            assert memory.threads[0] == threading.current_thread().name
+            source.memory_changing()            # returns only once that draw is over
+            assert thread._last.done() and memory.threads[1].startswith("relayrl-prefetch")
+            source.take(1)                      # the prefetched batch; none drawn ahead of a change
+            assert len(memory.threads) == 2
+            source.take(2)
+            source.take(1)
+        assert len(memory.threads) == 4 and thread._last.done()
+    finally:
+        thread.shutdown()
+
+
+def test_the_prefetch_thread_starts_again_in_a_forked_child(monkeypatch):
+    from concurrent.futures import Future
+
+    import relayrl.batches as batches
+
+    thread = PrefetchThread()
+    assert thread.submit(lambda: 1).result() == 1
+    parent_executor = thread._executor
+    thread._last = Future()                     # a draw that was running in the parent
+    monkeypatch.setattr(batches.os, "getpid", lambda: -1)  # now in a "child"
+    thread.join()                               # does not wait for the parent's thread
+    assert thread.submit(lambda: 2).result() == 2 and thread._executor is not parent_executor
+    thread.shutdown()
+    monkeypatch.undo()
+    parent_executor.shutdown()
+
+
+def test_an_interrupted_round_leaves_no_draw_running_and_the_next_one_works():
+    class Interrupted(CountingAgent):
+        def train(self, batch):
+            if self.calls == 3:
+                raise KeyboardInterrupt
+            return super().train(batch)
+
+    t = make(steps=10, update_buffer_interval=100, batch_size=2, training_agent_cls=Interrupted)
+    t.prefetch = True
+    iface = ScriptedInterface(t, per_pull=50)
+    with pytest.raises(KeyboardInterrupt):
+        t.run_epoch(iface)
+    assert t.total_updates == 3 and t._prefetch_thread._last.done()
+    t.close()
+    t.agent.calls = 100
+    assert t.run_round(iface)["total_updates"] == 13  # threads start again when needed
+    t.close()
+
+
+def test_idle_time_counts_every_wait_of_the_round_exactly(monkeypatch):
+    import types
+
+    clock = [0.0]
+    monkeypatch.setattr(training_offline, "time", types.SimpleNamespace(
+        perf_counter=lambda: clock[0], sleep=lambda s: pytest.fail("wait_for_data is there")))
+
+    class DataAfterWaiting(ScriptedInterface):
+        """Samples arrive only while the trainer waits; each wait takes one (fake) second."""
+
+        def retrieve_buffer(self):
+            self.per_pull = 1 if self.arrived else 0
+            self.arrived = False
+            return super().retrieve_buffer()
+
+        def wait_for_data(self, timeout):
+            self.waits.append(self.training.total_updates)
+            clock[0] += 1.0
+            self.arrived = True
+            return True
+
+    t = make(steps=20, update_buffer_interval=1, batch_size=1, max_training_steps_per_env_step=1.0)
+    t.prefetch = False
+    iface = DataAfterWaiting(t)
+    iface.arrived, iface.waits = False, []
+    row = t.run_round(iface)
+    # the gate at the start, then after every update from the 2nd on (the last one's included):
+    # each needs one more sample than the scheduled pulls bring
+    assert iface.waits == [0] + list(range(2, 21))
+    assert row["idle_time"] == row["round_time"] == 20.0
+    assert row["sampling_duration"] == row["training_step_duration"] == 0.0
+
+
+def test_round_stats_make_the_row():
+    stats = RoundStats(started=10.0)
+    stats.add_wait(1.5)
+    stats.add_pull(7, [EpisodeStats(1.0, 10), EpisodeStats(3.0, 20), EpisodeStats(-2.0, 5, test=True)], 0.25)
+    stats.add_pull(3, [], 0.25)
+    stats.add_wait(0.5)
+    for loss in (1.0, 2.0, 6.0):
+        stats.add_update(0.1, 0.2, {"loss": loss})
+    row = stats.row(now=14.0, epoch=2, round_index=5, total_updates=30, total_samples=60, memory_len=50)
+    assert isinstance(row, pd.Series) and list(row.index[:len(STATS_KEYS)]) == list(STATS_KEYS)
+    assert (row["epoch"], row["round"], row["total_updates"], row["memory_len"]) == (2, 5, 30, 50)
+    assert row["round_time"] == 4.0 and row["idle_time"] == 2.0 and row["buffer_pull_duration"] == 0.5
+    assert row["sampling_duration"] == pytest.approx(0.1) and row["training_step_duration"] == pytest.approx(0.2)
+    assert row["updates_per_second"] == 0.75 and row["samples_in_round"] == 10
+    assert row["update_to_data_ratio"] == 0.5 and row["loss"] == 3.0
+    assert (row["return_train"], row["episode_length_train"], row["episodes_train"]) == (2.0, 15.0, 2)
+    assert (row["return_test"], row["episode_length_test"], row["episodes_test"]) == (-2.0, 5.0, 1)
+    empty = RoundStats(started=0.0).row(now=1.0, epoch=0, round_index=0, total_updates=0,
+                                        total_samples=0, memory_len=0)
+    assert np.isnan(empty["return_train"]) and np.isnan(empty["update_to_data_ratio"])
+    assert empty["episodes_test"] == 0
+    assert training_offline.STATS_KEYS is round_stats.STATS_KEYS  # still importable from here
+
+
+class _TmrlBuffer:
+    """tmrl 0.7's Buffer: a list of samples and the last finished episodes' figures."""
+
+    def __init__(self, n, train=(0.0, 0), test=(0.0, 0)):
+        self.memory = [("act", "obs", 0.0, False, {})] * n
+        self.stat_train_return, self.stat_train_steps = train
+        self.stat_test_return, self.stat_test_steps = test
+
+    def __len__(self):
+        return len(self.memory)
+
+
+class _BareBuffer:
+    def __init__(self, n):
+        self.memory = [None] * n
+
+    def __len__(self):
+        return len(self.memory)
+
+
+def test_pull_takes_tmrl_buffers_and_their_episode_statistics():
+    buffers = [_TmrlBuffer(5),                                  # no episode finished yet
+               _TmrlBuffer(2, train=(3.0, 10)),                 # a training episode
+               _TmrlBuffer(2, train=(3.0, 10)),                 # tmrl keeps it in later buffers
+               _TmrlBuffer(2, train=(3.0, 10), test=(7.0, 12)),
+               _BareBuffer(2),                                  # no statistics at all
+               _TmrlBuffer(2, train=(5.0, 11), test=(7.0, 12)),
+               _BareBuffer(2)]
+
+    class TmrlInterface:
+        def retrieve_buffer(self):
+            return buffers.pop(0)
+
+        def broadcast_model(self, actor):
+            pass
+
+    t = make(steps=6, update_buffer_interval=1, memory_cls=_DuckMemory)
+    row = t.run_round(TmrlInterface())
+    assert buffers == [] and len(t.memory) == 17 and t.total_samples == 17
+    assert (row["episodes_train"], row["return_train"], row["episode_length_train"]) == (2, 4.0, 10.5)
+    assert (row["episodes_test"], row["return_test"], row["episode_length_test"]) == (1, 7.0, 12.0)
+    assert row["samples_in_round"] == 17
+
+
+def test_episode_reader_prefers_the_episode_list():
+    read = EpisodeReader()
+    buffer = make_buffer(3, episodes=[EpisodeStats(1.0, 3)])
+    buffer.stat_train_return, buffer.stat_train_steps = 9.0, 9  # ignored: the list is there
+    assert read(buffer) == [EpisodeStats(1.0, 3)]
+    assert read(_BareBuffer(1)) == [] and read(object()) == []
+    odd = _TmrlBuffer(1, train=("n/a", None))
+    assert read(odd) == []                   # unreadable figures: no episode, no error

@@ -22,6 +22,7 @@ Precedence: defaults < the ``--config`` file < command-line flags.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -34,11 +35,21 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from . import checks
 from .algorithms import Algorithm, get_algorithm
 
 
 class ConfigError(ValueError):
     """A configuration value or file is wrong; the message says which and how to fix it."""
+
+
+@contextlib.contextmanager
+def _as_config_error():
+    """The shared checks (relayrl.checks) raise ValueError; the configuration says ConfigError."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check(condition: bool, message: str) -> None:
@@ -83,24 +94,17 @@ class TrainingConfig:
     both cores busy)."""
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "rounds", "steps", "update_model_interval", "update_buffer_interval"):
-            value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                   f"training.{name} must be a positive integer, got {value!r}")
-        _check(isinstance(self.max_training_steps_per_env_step, (int, float))
-               and self.max_training_steps_per_env_step > 0,
-               "training.max_training_steps_per_env_step must be > 0 (updates per received sample), "
-               f"got {self.max_training_steps_per_env_step!r}")
-        _check(isinstance(self.sleep_between_buffer_retrieval_attempts, (int, float))
-               and 0 <= self.sleep_between_buffer_retrieval_attempts < math.inf,
-               "training.sleep_between_buffer_retrieval_attempts must be a number of seconds >= 0, "
-               f"got {self.sleep_between_buffer_retrieval_attempts!r}")
-        _check(isinstance(self.start_training, int) and self.start_training >= 0,
-               f"training.start_training must be an integer >= 0, got {self.start_training!r}")
+        with _as_config_error():
+            for name in ("epochs", "rounds", "steps", "update_model_interval", "update_buffer_interval"):
+                checks.positive_int(f"training.{name}", getattr(self, name))
+            checks.positive_number("training.max_training_steps_per_env_step",
+                                   self.max_training_steps_per_env_step, " (updates per received sample)")
+            checks.seconds("training.sleep_between_buffer_retrieval_attempts",
+                           self.sleep_between_buffer_retrieval_attempts)
+            checks.non_negative_int("training.start_training", self.start_training)
+            checks.non_negative_int("training.torch_threads", self.torch_threads)
         _check(self.prefetch is None or isinstance(self.prefetch, bool),
                f"training.prefetch must be true or false (or omitted: automatic), got {self.prefetch!r}")
-        _check(isinstance(self.torch_threads, int) and self.torch_threads >= 0,
-               f"training.torch_threads must be an integer >= 0, got {self.torch_threads!r}")
 
 
 @dataclass
@@ -113,11 +117,9 @@ class MemoryConfig:
     """Transitions per training batch."""
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.batch_size, int) and self.batch_size >= 1,
-               f"memory.batch_size must be a positive integer, got {self.batch_size!r}")
-        _check(isinstance(self.capacity, int) and self.capacity >= self.batch_size,
-               f"memory.capacity ({self.capacity!r}) must be an integer >= memory.batch_size "
-               f"({self.batch_size})")
+        with _as_config_error():
+            checks.positive_int("memory.batch_size", self.batch_size)
+            checks.capacity_fits_batch("memory.capacity", self.capacity, "memory.batch_size", self.batch_size)
 
 
 @dataclass
@@ -200,9 +202,9 @@ class RunConfig:
         _check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
         _check(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1,
                f"keep_checkpoints must be an integer >= 1, got {self.keep_checkpoints!r}")
-        _check(self.training.start_training <= self.memory.capacity,
-               f"training.start_training ({self.training.start_training}) exceeds memory.capacity "
-               f"({self.memory.capacity}): training could never start; lower one or raise the other")
+        with _as_config_error():
+            checks.start_fits_capacity("training.start_training", self.training.start_training,
+                                       "memory.capacity", self.memory.capacity)
 
     @property
     def algorithm_spec(self) -> Algorithm:

@@ -7,16 +7,16 @@ The contract, used by :class:`~relayrl.training_offline.TrainingOffline`:
 * ``memory.append(buffer)``: store the transitions of a :class:`~relayrl.buffer.Buffer`;
 * ``iter(memory)``: yields exactly ``nb_steps`` batches, each a :class:`Batch`
   ``(obs, act, rew, next_obs, terminated, truncated)`` of tensors on ``device``;
-* attributes ``batch_size``, ``capacity`` and ``device``.
+* attributes ``batch_size``, ``capacity`` and ``device``;
+* how the loop may draw (see :mod:`relayrl.batches`): ``draw_ahead`` (may batches be drawn before
+  the previous update ran?), ``sample_batches(n)`` (``n`` batches at once) and
+  ``batches_per_draw`` (how many are worth drawing at once). :class:`Memory` gives defaults.
 
 :class:`ReplayMemory` stores each field in one preallocated numpy ring buffer, samples indices
 uniformly with a seeded generator, gathers each field with one vectorised indexing operation and
 moves the batch to the device once (pinned memory and non-blocking copies on CUDA). Nothing is done
 per sample in Python. Memories that keep their data differently can subclass :class:`Memory` and
-implement ``__len__``, ``append`` and ``sample``; a memory may also offer
-``sample_batches(n) -> list[Batch]`` (``n`` batches drawn in one go, see
-:meth:`ReplayMemory.sample_batches`), which ``TrainingOffline`` then uses to draw the batches of
-all the updates between two pulls at once.
+implement ``__len__``, ``append`` and ``sample``.
 """
 from __future__ import annotations
 
@@ -43,6 +43,21 @@ class Batch(NamedTuple):
 class Memory(ABC):
     """Base class of replay memories (see the module docstring for the contract)."""
 
+    draw_ahead: bool = False
+    """May the training loop draw a batch before the previous update ran? True when drawing does
+    not depend on the updates (uniform replay, augmentation with its own generator...): the loop
+    may then prefetch the next batch in a thread while an update trains, or draw the batches of
+    all the updates until its next pull at once (:meth:`sample_batches`). False (the default, as
+    nothing is known about a subclass): one batch per update, drawn just before it, after the
+    previous update returned; right for memories whose draws depend on the updates (priorities the
+    agent sets after each step, for instance). :class:`ReplayMemory` sets it True. A class or an
+    instance attribute; read once per round."""
+
+    batches_per_draw: int = 1
+    """Most batches the loop asks :meth:`sample_batches` for at once (when :attr:`draw_ahead`).
+    1 here, since the default :meth:`sample_batches` is no cheaper in bulk; raise it (or make it a
+    property) when yours is."""
+
     def __init__(self, nb_steps: int, device: str | torch.device = "cpu", batch_size: int = 256,
                  capacity: int = 1_000_000):
         if int(nb_steps) < 1:
@@ -68,6 +83,13 @@ class Memory(ABC):
     @abstractmethod
     def sample(self) -> Batch:
         """One batch of ``batch_size`` transitions on ``device``."""
+
+    def sample_batches(self, n: int) -> list[Batch]:
+        """``n`` batches at once, the ones ``n`` calls of :meth:`sample` return (this default
+        makes those calls). The loop calls it only when :attr:`draw_ahead` is true."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        return [self.sample() for _ in range(n)]
 
     def __iter__(self) -> Iterator[Batch]:
         for _ in range(self.nb_steps):
@@ -102,7 +124,23 @@ class ReplayMemory(Memory):
     Storage is allocated on the first ``append`` from the buffer's shapes and dtypes (observations
     keep their dtype, so ``uint8`` images stay 1 byte per pixel); batches are float32 tensors,
     except the observations when ``float_observations`` is false.
+
+    Uniform draws do not depend on the updates, so :attr:`draw_ahead` is True. A subclass that
+    overrides ``sample``, ``sample_indices`` or ``collate`` (priorities, augmentation...) gets
+    ``draw_ahead = False`` when it is defined, unless its class body sets ``draw_ahead`` itself:
+    nothing is drawn before the previous update ran, unless the subclass says it may be. (One that
+    overrides ``sample`` and sets ``draw_ahead = True`` should override :meth:`sample_batches`
+    too, which gathers through ``sample_indices`` and ``collate``; ``Memory.sample_batches``, ``n``
+    calls of ``sample``, is always right.)
     """
+
+    draw_ahead = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "draw_ahead" not in vars(cls) and any(
+                name in vars(cls) for name in ("sample", "sample_indices", "collate")):
+            cls.draw_ahead = False
 
     def __init__(self, nb_steps: int, device: str | torch.device = "cpu", batch_size: int = 256,
                  capacity: int = 1_000_000, seed: int | None = None, float_observations: bool = True):
@@ -215,8 +253,8 @@ class ReplayMemory(Memory):
         same draws from the generator), gathered with one indexing operation per field for every
         :attr:`batches_per_draw` batches and handed out as contiguous slices of the result.
 
-        ``TrainingOffline`` uses it to draw the batches of the updates until its next pull (the
-        memory does not change in between), at most :attr:`batches_per_draw` at a time. Per update,
+        The training loop (:class:`~relayrl.batches.DrawAhead`) uses it to draw the batches of the
+        updates until its next pull (the memory does not change in between), at most :attr:`batches_per_draw` at a time. Per update,
         the Python and numpy calls of a draw cost several times more right after a training step
         (whose kernels have evicted the interpreter's working set from the caches) than in a burst:
         265 vs 54 us per SAC update of Pendulum size in ``benchmarks/bench_overhead.py``'s rounds

@@ -22,27 +22,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .actor import ActorModule
 from .buffer import BufferBuilder, EpisodeStats
+from .envs import make_env  # (``relayrl.worker.make_env`` keeps working)
 
 log = logging.getLogger("relayrl.worker")
-
-
-def make_env(env: str | Callable[[], Any], **kwargs):
-    """A gymnasium environment from an id, or from a factory. Unknown ids get a clear error."""
-    if callable(env):
-        return env()
-    import gymnasium
-    try:
-        return gymnasium.make(env, **kwargs)
-    except gymnasium.error.Error as exc:
-        raise ValueError(f"unknown environment id {env!r} ({exc}); use a registered gymnasium id "
-                         "such as 'Pendulum-v1', or pass a factory") from exc
 
 
 class RolloutWorker:
@@ -51,7 +40,8 @@ class RolloutWorker:
     Parameters
     ----------
     env:
-        A gymnasium id (``"Pendulum-v1"``) or a callable returning an environment.
+        A gymnasium id (``"Pendulum-v1"``), a ``"module:factory"`` string or a callable returning an
+        environment (see :func:`relayrl.envs.make_env`).
     actor:
         An :class:`~relayrl.actor.ActorModule`, or a callable ``(observation_space, action_space)``
         returning one.
@@ -102,6 +92,18 @@ class RolloutWorker:
         self.train_episodes_done = 0
         self._reset_seed = seed
 
+    @classmethod
+    def from_settings(cls, env, actor, connection, settings, *, worker_id: str,
+                      seed: int | None = None) -> "RolloutWorker":
+        """A worker configured by a ``[workers]`` section (:class:`relayrl.config.WorkersConfig`,
+        or anything with its ``max_samples_per_episode``, ``test_episode_interval``, ``buffer_steps``
+        and ``pause_mid_episode`` attributes)."""
+        return cls(env, actor, connection, worker_id=worker_id,
+                   max_samples_per_episode=settings.max_samples_per_episode,
+                   test_episode_interval=settings.test_episode_interval,
+                   buffer_steps=settings.buffer_steps, pause_mid_episode=settings.pause_mid_episode,
+                   seed=seed)
+
     # --- connection ------------------------------------------------------------------------------
     def update_weights(self, timeout: float = 0.0) -> bool:
         """Load the newest weights if any arrived; return whether the actor changed."""
@@ -113,15 +115,29 @@ class RolloutWorker:
         self.policy_version = version
         return True
 
-    def wait_for_first_weights(self, timeout: float = 120.0) -> None:
-        """Block until the trainer's first weights arrive (bounded by ``timeout`` seconds)."""
-        deadline = time.monotonic() + timeout
+    def wait_for_first_weights(self, timeout: float | None = None, *,
+                               should_stop: Callable[[], bool] = lambda: False,
+                               notice: Callable[[float], None] | None = None,
+                               notice_interval: float = 30.0) -> bool:
+        """Block until the trainer's first weights are loaded (True) or ``should_stop()`` becomes
+        true first (False). A worker may start before its trainer, so by default it waits as long as
+        it takes; with ``timeout`` seconds it raises ``TimeoutError`` instead. ``notice(seconds
+        waited)`` is called every ``notice_interval`` seconds of waiting. Weights that do not fit the
+        actor raise the ``ValueError`` of :meth:`~relayrl.actor.ActorModule.load_weights`."""
+        started = last_notice = time.monotonic()
         while self.policy_version < 0:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if should_stop():
+                return False
+            now = time.monotonic()
+            if timeout is not None and now - started >= timeout:
                 raise TimeoutError(f"{self.worker_id}: no weights from the trainer after {timeout:.0f} s;"
                                    " is the trainer running and reachable?")
-            self.update_weights(min(remaining, 1.0))
+            if notice is not None and now - last_notice >= notice_interval:
+                last_notice = now
+                notice(now - started)
+            wait = 0.5 if timeout is None else max(0.0, min(0.5, started + timeout - now))
+            self.update_weights(wait)
+        return True
 
     def flush(self) -> None:
         """Send what was collected (transitions and finished-episode statistics)."""

@@ -13,7 +13,7 @@ Kind-specific fields:
   exactly the six transition columns of :class:`~relayrl.buffer.Buffer`.
 * ``weights`` (trainer -> workers): ``version`` (int >= 0); the arrays are the actor's weights.
 * ``control`` (trainer -> workers): ``allow`` ({worker_id: int >= 0}), ``sessions`` ({worker_id: str}),
-  ``default`` (int >= 0 or None); no arrays. See :mod:`relayrl.transport.zmq_transport` for the meaning.
+  ``default`` (int >= 0 or None); no arrays. See :mod:`relayrl.transport.credits` for the meaning.
 * ``hello``   (worker -> trainer, first message of a worker process): ``worker_id``, ``session`` (str).
 
 Each array frame holds the array's bytes, C order, little-endian. ``dtype`` is a name from

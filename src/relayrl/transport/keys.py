@@ -12,7 +12,7 @@ changes). :func:`create_keys` makes the whole set::
     DIR/authorized_workers/NAME.key public keys the trainer accepts
     DIR/workers/NAME.key_secret     each worker's key pair: copy it to that worker only (mode 0600)
 
-From a shell: ``python -m relayrl.transport.keys DIR worker-0 worker-1 ... [--relay]``. Then::
+From a shell: ``relayrl keys DIR --workers worker-0 worker-1 ... [--relay]``. Then::
 
     ZmqTrainerInterface(..., server_secret_key_file="DIR/trainer.key_secret",
                         authorized_keys_dir="DIR/authorized_workers")
@@ -32,7 +32,6 @@ import itertools
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from zmq.utils import z85
 log = logging.getLogger("relayrl.transport")
 
 HOW_TO_MAKE_KEYS = (
-    "create keys with 'python -m relayrl.transport.keys KEYS_DIR worker-0 worker-1' (or "
+    "create keys with 'relayrl keys KEYS_DIR --workers worker-0 worker-1' (or "
     "relayrl.transport.keys.create_keys), then pass server_secret_key_file='KEYS_DIR/trainer.key_secret' "
     "and authorized_keys_dir='KEYS_DIR/authorized_workers' to the trainer, and "
     "server_public_key_file='KEYS_DIR/trainer.key' and "
@@ -315,25 +314,3 @@ def both_or_neither(role: str, **named: Any) -> bool:
         raise ValueError(f"{role}: CURVE needs {' and '.join(named)}; {', '.join(missing)} missing")
     return bool(given)
 
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m relayrl.transport.keys KEYS_DIR [WORKER_NAME ...] [--relay]\n\n" + __doc__)
-        return 0 if argv else 2
-    relay = "--relay" in argv
-    argv = [a for a in argv if a != "--relay"]
-    keys = create_keys(argv[0], argv[1:] or ["worker-0"], relay=relay)
-    print(f"trainer key pair (keep on the trainer): {keys.trainer_secret}")
-    print(f"trainer public key (give to workers):   {keys.trainer_public}")
-    print(f"authorized worker keys:                 {keys.authorized_keys_dir}")
-    if keys.relay_secret is not None:
-        print(f"relay key pair (keep on the relay):     {keys.relay_secret}")
-        print(f"relay public key (workers and trainer): {keys.relay_public}")
-    for name, secret in keys.worker_secrets.items():
-        print(f"worker {name!r} key pair (copy to that worker only): {secret}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

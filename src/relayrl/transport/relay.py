@@ -21,7 +21,6 @@ key cannot be used to impersonate the trainer and publish weights.
 """
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -31,9 +30,9 @@ import zmq
 
 from .codec import DEFAULT_MAX_BUFFER_BYTES, DEFAULT_MAX_WEIGHTS_BYTES
 from .keys import AllowList, ServerSecurity, both_or_neither, check_exposure
-from .zmq_transport import _context, _prepare
+from .sockets import ConnectionMonitor, bound_endpoint, can_send, make_socket
 
-log = logging.getLogger("relayrl.transport.relay")
+__all__ = ["Relay"]
 
 
 class Relay:
@@ -74,36 +73,25 @@ class Relay:
             self._workers_security = ServerSecurity(secret_key_file, AllowList(authorized_keys_dir))
             self._trainer_security = ServerSecurity(secret_key_file, AllowList(key_files=trainer_keys))
 
-        ctx = _context()
-        self._from_workers = ctx.socket(zmq.PULL)
-        self._to_workers = ctx.socket(zmq.XPUB)
-        self._to_trainer = ctx.socket(zmq.PUSH)
-        self._from_trainer = ctx.socket(zmq.XSUB)
-        sockets = ((self._from_workers, worker_buffer_bind, self._workers_security),
-                   (self._to_workers, worker_weights_bind, self._workers_security),
-                   (self._to_trainer, trainer_buffer_bind, self._trainer_security),
-                   (self._from_trainer, trainer_weights_bind, self._trainer_security))
+        self._from_workers = self._to_workers = self._to_trainer = self._from_trainer = None
         try:
-            for socket, endpoint, security in sockets:
-                _prepare(socket, endpoint)
-                if security is not None:
-                    security.apply(socket)
-            self._from_workers.setsockopt(zmq.RCVHWM, int(max_queued_buffers))
-            self._from_workers.setsockopt(zmq.MAXMSGSIZE, int(max_buffer_bytes))
-            self._to_trainer.setsockopt(zmq.SNDHWM, int(max_queued_buffers))
-            self._from_trainer.setsockopt(zmq.MAXMSGSIZE, int(max_weights_bytes))
-            self._to_workers.setsockopt(zmq.XPUB_VERBOSE, 1)
-            self._to_workers.setsockopt(zmq.SNDHWM, 100)
-            for socket, endpoint, _ in sockets:
+            self._from_workers = make_socket(zmq.PULL, worker_buffer_bind, self._workers_security, {
+                zmq.RCVHWM: int(max_queued_buffers), zmq.MAXMSGSIZE: int(max_buffer_bytes)})
+            self._to_workers = make_socket(zmq.XPUB, worker_weights_bind, self._workers_security, {
+                zmq.XPUB_VERBOSE: 1, zmq.SNDHWM: 100})
+            self._to_trainer = make_socket(zmq.PUSH, trainer_buffer_bind, self._trainer_security, {
+                zmq.SNDHWM: int(max_queued_buffers)})
+            self._from_trainer = make_socket(zmq.XSUB, trainer_weights_bind, self._trainer_security, {
+                zmq.MAXMSGSIZE: int(max_weights_bytes)})
+            for socket, endpoint in zip(self._sockets(), binds):
                 socket.bind(endpoint)
         except Exception:
             self._close_sockets()
             raise
-        name = lambda s: s.getsockopt_string(zmq.LAST_ENDPOINT)  # noqa: E731
-        self.worker_buffer_endpoint = name(self._from_workers)
-        self.worker_weights_endpoint = name(self._to_workers)
-        self.trainer_buffer_endpoint = name(self._to_trainer)
-        self.trainer_weights_endpoint = name(self._from_trainer)
+        self.worker_buffer_endpoint = bound_endpoint(self._from_workers)
+        self.worker_weights_endpoint = bound_endpoint(self._to_workers)
+        self.trainer_buffer_endpoint = bound_endpoint(self._to_trainer)
+        self.trainer_weights_endpoint = bound_endpoint(self._from_trainer)
         self.buffers_forwarded = 0
         self.publications_forwarded = 0
         self.subscriptions_forwarded = 0
@@ -134,7 +122,7 @@ class Relay:
 
     def _step(self, timeout_ms: int) -> None:
         poller = zmq.Poller()
-        trainer_ready = self._can_send(self._to_trainer)
+        trainer_ready = can_send(self._to_trainer)
         if trainer_ready:
             poller.register(self._from_workers, zmq.POLLIN)
         else:  # wait for room on the trainer side; buffers wait in the bounded queues meanwhile
@@ -170,19 +158,25 @@ class Relay:
             self._held = None
             self.buffers_forwarded += 1
 
-    @staticmethod
-    def _can_send(socket: zmq.Socket) -> bool:
-        return bool(socket.getsockopt(zmq.EVENTS) & zmq.POLLOUT)
-
     # --- lifecycle -------------------------------------------------------------------------------
     def stats(self) -> dict:
         return {"buffers_forwarded": self.buffers_forwarded,
                 "publications_forwarded": self.publications_forwarded,
                 "subscriptions_forwarded": self.subscriptions_forwarded}
 
+    def connection_monitor(self) -> ConnectionMonitor:
+        """A monitor of the relay's TCP connections (``worker buffers``, ``worker weights``,
+        ``trainer buffers``, ``trainer weights``); poll and close it in the thread that runs the relay."""
+        return ConnectionMonitor({"worker buffers": self._from_workers, "worker weights": self._to_workers,
+                                  "trainer buffers": self._to_trainer, "trainer weights": self._from_trainer})
+
+    def _sockets(self) -> tuple:
+        return (self._from_workers, self._to_workers, self._to_trainer, self._from_trainer)
+
     def _close_sockets(self) -> None:
-        for socket in (self._from_workers, self._to_workers, self._to_trainer, self._from_trainer):
-            socket.close(0)
+        for socket in self._sockets():
+            if socket is not None:
+                socket.close(0)
         for security in (self._workers_security, self._trainer_security):
             if security is not None:
                 security.close()
@@ -204,38 +198,3 @@ class Relay:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m relayrl.transport.relay WORKER_BUFFER WORKER_WEIGHTS TRAINER_BUFFER TRAINER_WEIGHTS
-    [--keys DIR]``: run a relay until Ctrl+C (``--keys DIR``: the layout of
-    :func:`relayrl.transport.keys.create_keys` plus ``DIR/relay.key_secret``)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m relayrl.transport.relay", description=main.__doc__)
-    parser.add_argument("endpoints", nargs=4, metavar="ENDPOINT")
-    parser.add_argument("--keys", help="keys directory (relay.key_secret, authorized_workers/, trainer.key)")
-    parser.add_argument("--insecure", action="store_true", help="plaintext on a trusted network")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    security = {}
-    if args.keys:
-        security = {"secret_key_file": os.path.join(args.keys, "relay.key_secret"),
-                    "authorized_keys_dir": os.path.join(args.keys, "authorized_workers"),
-                    "trainer_keys": os.path.join(args.keys, "trainer.key")}
-    relay = Relay(*args.endpoints, insecure=args.insecure, **security)
-    log.info("relay: workers connect to %s (buffers) and %s (weights); the trainer to %s and %s",
-             relay.worker_buffer_endpoint, relay.worker_weights_endpoint,
-             relay.trainer_buffer_endpoint, relay.trainer_weights_endpoint)
-    try:
-        while True:
-            relay.run(duration=10.0)
-            log.info("relay: %s", relay.stats())
-    except KeyboardInterrupt:
-        pass
-    finally:
-        relay.close()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
