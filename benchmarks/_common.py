@@ -87,7 +87,7 @@ def machine_header(extra: str = "") -> str:
 
 
 def malloc_state() -> str:
-    sac = sys.modules.get("relayrl.algorithms.sac")
+    sac = sys.modules.get("relayrl.algorithms.networks")
     if sac is not None and getattr(sac, "_allocator_tuned", False):
         return "tuned (relayrl's tune_cpu_allocator, as in a relayrl trainer)"
     return "glibc defaults"

@@ -151,7 +151,7 @@ def child_relayrl(seed: int, run_dir: str, epochs: int, sets: list[str] = (), ev
 
     from relayrl import trainer as trainer_module
     from relayrl.config import RunConfig, with_overrides
-    from relayrl.local import run_local
+    from relayrl.roles.local_run import run_local
 
     # the parent stops this run with SIGINT (as Ctrl+C): make sure it is not ignored, as it is in a
     # process launched in the background by a non-interactive shell
@@ -338,7 +338,7 @@ def relayrl_learning_rate(sets) -> float:
     same for the actor, critics and entropy coefficient (SB3 has one); else 0."""
     from relayrl.config import RunConfig, with_overrides
 
-    sac = with_overrides(RunConfig(), **parse_sets(list(sets))).sac
+    sac = with_overrides(RunConfig(), **parse_sets(list(sets))).agent
     lrs = {sac.lr_actor, sac.lr_critic, sac.lr_entropy}
     lr = lrs.pop() if len(lrs) == 1 else 0.0
     return lr if lr != 3e-4 else 0.0

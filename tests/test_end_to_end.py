@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from relayrl.config import RunConfig, with_overrides
-from relayrl.local import run_local
+from relayrl.roles.local_run import run_local
 
 
 @pytest.mark.slow

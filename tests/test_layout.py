@@ -155,19 +155,25 @@ TRAINER_SIDE = ("pandas", "relayrl.checkpoint", "relayrl.checkpoint_codec", "rel
 
 
 def test_a_worker_process_imports_nothing_of_the_trainer_side(tmp_path):
-    """What ``relayrl worker`` and a local worker process import to run: the roles' worker modules,
-    the worker, its end of the transport, the configuration's env check and actor factory, and one
-    action of the actor."""
+    """What a local worker process and ``relayrl worker`` import to run: the roles' worker modules,
+    the worker, its end of the transport, the configuration's env check and actor factory, one
+    action of the actor, and the real ``relayrl worker`` command up to its first wait for weights
+    (told to stop there: no trainer is needed)."""
     modules = modules_after(
         "import relayrl.roles.remote_worker, relayrl.roles.local_run, relayrl.worker\n"
         "import relayrl.transport.worker_end\n"
         "from relayrl.config import RunConfig\n"
-        "from relayrl.roles import plan_worker, run_worker, PatientConnection\n"
         "config = RunConfig()\n"
         "spaces = config.env_spaces()\n"
         "actor = config.actor_factory()(*spaces)\n"
-        "actor.act(spaces[0].sample())\n", tmp_path)
-    assert {"relayrl.roles.remote_worker", "relayrl.transport.worker_end", "torch"} <= modules
+        "actor.act(spaces[0].sample())\n"
+        "import relayrl.roles.remote_worker as remote_worker\n"
+        "real = remote_worker.run_worker\n"
+        "remote_worker.run_worker = lambda config, plan, **kw: real(config, plan, should_stop=lambda: True, **kw)\n"
+        "from relayrl.cli import main\n"
+        "assert main(['worker', '--connect', '127.0.0.1', '--buffer-port', '9', '--weights-port', '10',\n"
+        "             '--name', 'layout-test']) == 0\n", tmp_path)
+    assert {"relayrl.roles.remote_worker", "relayrl.transport.worker_end", "relayrl.cli", "torch"} <= modules
     assert sorted(m for m in modules if m in TRAINER_SIDE) == []
 
 

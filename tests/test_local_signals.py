@@ -125,3 +125,47 @@ def test_workers_exit_when_the_trainer_is_killed(train):
     proc.kill()  # SIGKILL: no handler runs, no stop event is set
     proc.wait(timeout=10)
     wait_until(lambda: not any(alive(p) for p in workers), 20, "exit of the orphaned workers")
+
+
+# --- the one rule every command follows (relayrl.roles.common.stop_signals), in this process -------------
+def test_sigterm_raises_keyboard_interrupt_inside_stop_signals_and_the_old_handler_comes_back():
+    from relayrl.roles.common import stop_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with stop_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            wait_until(lambda: False, 30, "KeyboardInterrupt from SIGTERM")  # interrupted long before
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_graceful_stop_signals_ask_first_and_interrupt_on_the_second():
+    from relayrl.roles.common import stop_signals
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with stop_signals(graceful=True) as stop:
+            assert not stop()
+            os.kill(os.getpid(), signal.SIGTERM)  # the first: a request the worker checks each step
+            wait_until(stop, 30, "the stop request")
+            os.kill(os.getpid(), signal.SIGINT)  # the second (Ctrl+C): at once
+            wait_until(lambda: False, 30, "KeyboardInterrupt from the second signal")
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_stop_signals_off_the_main_thread_change_nothing():
+    import threading
+
+    from relayrl.roles.common import stop_signals
+
+    seen = []
+
+    def body():
+        with stop_signals(graceful=True) as stop:
+            seen.append((stop(), signal.getsignal(signal.SIGTERM)))
+
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(timeout=30)
+    assert seen == [(False, before)]

@@ -414,3 +414,67 @@ def test_relay_trainer_and_worker_three_roles(tmp_path, setup, start):
                     f"policy version {final_version}")
     relay.wait_for(lambda p: [int(m.group(1)) for m in re.finditer(r"forwarded (\d+) buffers", p.out())][-1:] > [0],
                    10, "forwarded buffers")
+
+
+def test_the_watched_interface_forwards_reports_status_and_notices_dead_workers():
+    from relayrl.roles.common import WatchedInterface
+
+    class Transport:
+        def __init__(self):
+            self.calls = []
+
+        def retrieve_buffer(self):
+            self.calls.append("retrieve")
+            return "buffer"
+
+        def broadcast_model(self, actor):
+            self.calls.append(("broadcast", actor))
+
+        def report_progress(self, **counters):
+            self.calls.append(("progress", counters))
+
+        def wait_for_data(self, timeout):
+            self.calls.append(("wait", timeout))
+            return True
+
+    class Status:
+        reports = 0
+
+        def maybe_report(self, force=False):
+            self.reports += 1
+
+    class Process:
+        def __init__(self, alive, exitcode=None):
+            self.alive, self.exitcode = alive, exitcode
+
+        def is_alive(self):
+            return self.alive
+
+    transport, status = Transport(), Status()
+    processes = [Process(True), Process(False, 1)]
+    interface = WatchedInterface(transport, processes, status)
+    assert interface.retrieve_buffer() == "buffer" and interface.wait_for_data(0.5) is True
+    interface.broadcast_model("actor")
+    interface.report_progress(total_updates=1, total_samples=2, memory_len=2)
+    assert transport.calls == ["retrieve", ("wait", 0.5), ("broadcast", "actor"),
+                               ("progress", {"total_updates": 1, "total_samples": 2, "memory_len": 2})]
+    assert status.reports == 2  # after the pull and after the wait
+    processes[0].alive, processes[0].exitcode = False, -9
+    with pytest.raises(RuntimeError, match=r"all 2 worker processes exited \(exit codes \[-9, 1\]\)"):
+        interface.wait_for_data(0.5)
+    assert WatchedInterface(transport).wait_for_data(0.1) is True  # no processes: nothing to watch
+
+
+def test_old_names_stay_importable_from_relayrl_roles():
+    import relayrl.roles as roles
+    from relayrl.roles import local_run, remote_trainer
+
+    for name in ("plan_trainer", "run_trainer", "plan_worker", "run_worker", "plan_relay", "run_relay",
+                 "make_keys", "run_local", "DEFAULT_BUFFER_PORT", "DEFAULT_WEIGHTS_PORT",
+                 "DEFAULT_RELAY_TRAINER_BUFFER_PORT", "DEFAULT_RELAY_TRAINER_WEIGHTS_PORT",
+                 "DEFAULT_STATUS_INTERVAL", "RoleError", "TRANSPORT_STATS_KEYS", "TransportAccounting",
+                 "PatientConnection", "parse_endpoint", "parse_host"):
+        assert getattr(roles, name) is not None, name
+    assert roles.run_local is local_run.run_local and roles.run_trainer is remote_trainer.run_trainer
+    with pytest.raises(AttributeError):
+        roles.no_such_name

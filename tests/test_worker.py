@@ -136,3 +136,59 @@ def test_unknown_env_id_is_clear():
 def test_bad_worker_settings():
     with pytest.raises(ValueError, match="buffer_steps"):
         make_worker(FakeConnection(), buffer_steps=0)
+
+
+def test_first_weights_are_awaited_until_they_come():
+    conn = FakeConnection()
+    w = make_worker(conn, test_episode_interval=0)
+    polls = []
+
+    def poll(timeout=0.0):  # the weights come on the third poll
+        polls.append(timeout)
+        return (1, {"value": np.array([0.25], np.float32)}) if len(polls) == 3 else None
+
+    conn.poll_weights = poll
+    assert w.wait_for_first_weights() is True
+    assert w.policy_version == 1 and len(polls) == 3 and all(t > 0 for t in polls)  # blocking polls
+    assert w.wait_for_first_weights() is True and len(polls) == 3  # already there: no poll
+
+
+def test_waiting_for_first_weights_stops_on_request_and_says_so():
+    w = make_worker(FakeConnection(), test_episode_interval=0)
+    notices = []
+    stop_after = iter(range(3, -1, -1))
+    assert w.wait_for_first_weights(should_stop=lambda: next(stop_after) == 0,
+                                    notice=notices.append, notice_interval=0.0) is False
+    assert w.policy_version == -1 and len(notices) == 3 and all(s >= 0 for s in notices)
+
+
+def test_waiting_for_first_weights_can_time_out():
+    w = make_worker(FakeConnection(), test_episode_interval=0)
+    with pytest.raises(TimeoutError, match="no weights from the trainer"):
+        w.wait_for_first_weights(timeout=0.05)
+
+
+def test_weights_that_do_not_fit_the_actor_are_an_error_while_waiting():
+    w = make_worker(FakeConnection(weights=[(1, {"other": np.zeros(3, np.float32)})]))
+    with pytest.raises(ValueError, match="actor weights do not match"):
+        w.wait_for_first_weights()
+
+
+def test_a_worker_built_from_the_workers_settings():
+    from relayrl.config import WorkersConfig
+
+    settings = WorkersConfig(max_samples_per_episode=4, test_episode_interval=0, buffer_steps=2,
+                             pause_mid_episode=False)
+    conn = FakeConnection()
+    w = RolloutWorker.from_settings(lambda: CountingEnv(10), ConstActor, conn, settings, worker_id="s", seed=3)
+    assert (w.max_samples_per_episode, w.test_episode_interval, w.buffer_steps, w.pause_mid_episode,
+            w.seed, w.worker_id) == (4, 0, 2, False, 3, "s")
+    w.run(max_episodes=1)
+    assert [len(b) for b in conn.buffers] == [2, 2, 0]  # chunks of 2; the episode's statistics last
+    assert conn.buffers[1].truncated[-1] and conn.buffers[-1].episodes[0].length == 4
+
+
+def test_make_env_is_still_importable_from_the_worker_module():
+    from relayrl.envs import make_env as envs_make_env
+
+    assert make_env is envs_make_env

@@ -412,3 +412,110 @@ def test_running_worker_rejoins_a_restarted_trainer(closing):
     collected.clear()
     pump(new, lambda: rows(collected) >= 5, collected=collected)
     assert new.stats()["workers"]["w"]["sessions"] >= 1
+
+
+# --- credits and accounting, without sockets -------------------------------------------------------------
+def test_credit_rule_allowance_is_max_of_initial_and_updates_times_rate_plus_slack():
+    from relayrl.transport.credits import CreditRule
+
+    rule = CreditRule(env_steps_per_update=2.0, initial_samples=10, slack_samples=5)
+    assert rule.metered
+    assert rule.allowance(0) == 15            # max(10, 0) + 5: training can start
+    assert rule.allowance(3) == 15            # max(10, 6) + 5
+    assert rule.allowance(30) == 65           # max(10, 60) + 5: the data leads by the slack only
+    assert CreditRule(0.5, 0, 0).allowance(3) == 2  # 1.5 rounds up
+    assert CreditRule(0.25, 0, 1).allowance(1) == 2
+
+
+def test_credit_rule_shares_what_remains_among_the_active_workers():
+    from relayrl.transport.credits import CreditRule
+
+    rule = CreditRule(env_steps_per_update=2.0, initial_samples=10, slack_samples=5)
+    assert rule.share(0, 0, 1) == 15
+    assert rule.share(0, 0, 2) == 8           # ceil(15 / 2)
+    assert rule.share(0, 0, 0) == 15          # nobody active yet: the default share is the whole
+    assert rule.share(3, 6, 2) == 5           # remaining 9 -> ceil(9 / 2)
+    assert rule.share(3, 40, 2) == 0          # over the allowance: never negative
+    message = rule.control_message(3, 6, {"a": (6, "s.1"), "b": (0, None)})
+    assert message == {"allow": {"a": 11, "b": 5}, "sessions": {"a": "s.1"}, "default": 5}
+
+
+def test_an_unmetered_credit_rule_allows_everything():
+    from relayrl.transport.credits import UNLIMITED, CreditRule
+
+    rule = CreditRule(env_steps_per_update=None)
+    assert not rule.metered and rule.allowance(10**6) is None and rule.share(0, 10**9, 3) is None
+    message = rule.control_message(5, 10**9, {"a": (3, "s")})
+    assert message == UNLIMITED and message is not UNLIMITED  # a copy: the constant stays intact
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"env_steps_per_update": 0}, "env_steps_per_update must be > 0"),
+    ({"env_steps_per_update": -1.0}, "env_steps_per_update must be > 0"),
+    ({"initial_samples": -1}, "initial_samples and slack_samples must be >= 0"),
+    ({"slack_samples": -1}, "initial_samples and slack_samples must be >= 0"),
+])
+def test_credit_rule_refuses_bad_settings(kwargs, match):
+    from relayrl.transport.credits import CreditRule
+
+    with pytest.raises(ValueError, match=match):
+        CreditRule(**kwargs)
+    with pytest.raises(ValueError, match=match):  # the same check guards the trainer's end
+        ZmqTrainerInterface(LOOPBACK, LOOPBACK, **kwargs)
+
+
+def test_big_changes_are_published_at_once():
+    from relayrl.transport.credits import is_big_change
+
+    base = {"allow": {"a": 100}, "sessions": {"a": "s"}, "default": 100}
+    assert is_big_change({}, base)                                           # the first message
+    assert is_big_change(base, {"allow": {}, "sessions": {}, "default": None})  # limit switched off
+    assert is_big_change(base, dict(base, sessions={"a": "s", "b": "t"}))    # a session started
+    assert is_big_change(base, dict(base, default=0))                        # a share ran out
+    assert is_big_change(dict(base, default=0), dict(base, default=3))       # ... and reopened
+    assert is_big_change(base, dict(base, default=126))                      # moved by over a quarter
+    assert not is_big_change(base, dict(base, default=120))                  # small moves wait
+    assert not is_big_change({"default": None}, {"allow": {}, "sessions": {}, "default": None})
+
+
+def test_a_worker_reads_its_allowance_on_its_own_scale():
+    from relayrl.transport.credits import UNLIMITED, allowed_samples
+
+    control = {"allow": {"w": 30}, "sessions": {"w": "n.2"}, "default": 7}
+    assert allowed_samples(None, "w", "n.2", 0) is None                      # nothing heard yet
+    assert allowed_samples(UNLIMITED, "w", "n.2", 50) is None
+    assert allowed_samples(control, "w", "n.2", 50) == 50 + 30               # its session: its total
+    assert allowed_samples(control, "w", "n.3", 50) == 50 + 7                # a newer session: the default
+    assert allowed_samples(control, "other", "x.1", 0) == 7                  # unknown to the trainer
+
+
+def test_the_ledger_counts_gaps_repeats_sessions_and_lag():
+    from relayrl.transport.accounting import WorkerLedger
+
+    ledger = WorkerLedger(worker_timeout=60.0)
+    ledger.start_session("w", "n.1")
+    for seq in (0, 1, 4, 5, 2, 9):  # 2-3 lost, 2 repeated, 6-8 lost
+        ledger.record("w", seq, samples=10, policy_version=1, trainer_version=3)
+    account = ledger.accounts["w"]
+    assert (account.buffers, account.lost, account.duplicates) == (6, 2 + 3, 1)
+    assert account.samples == account.session_samples == 60 and account.lag_sum == 6 * 2
+    ledger.start_session("w", "n.2")  # a restart: seq and session samples start afresh
+    ledger.record("w", 0, samples=4, policy_version=3, trainer_version=3)
+    assert account.lost == 5 and account.duplicates == 1 and account.sessions == 2
+    assert account.session_samples == 4 and account.samples == 64 and account.session == "n.2"
+    totals = ledger.totals()
+    assert totals == {"samples": 64, "buffers": 7, "lost_buffers": 5, "duplicate_buffers": 1, "lag_sum": 12}
+    stats = ledger.worker_stats()["w"]
+    assert stats["policy_lag_mean"] == pytest.approx(12 / 7) and stats["last_policy_version"] == 3
+
+
+def test_the_ledger_forgets_quiet_workers_and_bounds_its_accounts():
+    from relayrl.transport.accounting import WorkerLedger
+
+    ledger = WorkerLedger(worker_timeout=10.0, max_accounts=3)
+    for wid in ("a", "b", "c"):
+        ledger.account(wid)
+    ledger.accounts["a"].last_seen -= 100.0  # quiet for 100 s
+    assert set(ledger.active()) == {"b", "c"}
+    ledger.account("d")  # a fourth id: the least recently seen ("a") is forgotten
+    assert set(ledger.accounts) == {"b", "c", "d"}

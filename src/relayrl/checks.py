@@ -28,9 +28,11 @@ def non_negative_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def positive_number(name: str, value: Any, unit: str = "") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
-        raise ValueError(f"{name} must be a finite number > 0{unit}, got {value!r}")
+def positive_number(name: str, value: Any, unit: str = "", allow_inf: bool = False) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+            or (value == math.inf and not allow_inf)):
+        kind = "a positive number" if allow_inf else "a finite number > 0"
+        raise ValueError(f"{name} must be {kind}{unit}, got {value!r}")
     return float(value)
 
 

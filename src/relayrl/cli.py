@@ -204,7 +204,7 @@ def _print_config(config: RunConfig) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .local import run_local
+    from .roles.local_run import run_local
     config = build_config(args)
     if args.print_config:
         _print_config(config)
@@ -238,7 +238,7 @@ def done_line(rows, run_dir: str, episodes: int = 5) -> str:
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:
-    from .roles import plan_trainer, run_trainer
+    from .roles.remote_trainer import plan_trainer, run_trainer
     if args.no_rate_limit and "config:workers.env_steps_per_update" in vars(args):
         raise ValueError("--env-steps-per-update and --no-rate-limit exclude each other")
     if args.no_rate_limit:
@@ -256,7 +256,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .roles import plan_worker, run_worker
+    from .roles.remote_worker import plan_worker, run_worker
     config = build_config(args)
     plan = plan_worker(args)
     run_worker(config, plan, seed=args.seed, status_interval=args.status_interval)
@@ -264,13 +264,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
-    from .roles import plan_relay, run_relay
+    from .roles.relay_server import plan_relay, run_relay
     run_relay(plan_relay(args), status_interval=args.status_interval, duration=args.duration)
     return 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .roles import make_keys
+    from .roles.key_setup import make_keys
     for line in make_keys(args.dir, args.workers, relay=args.relay):
         print(line)
     return 0
@@ -284,7 +284,7 @@ def _positive_float(text: str) -> float:
 
 
 def _add_trainer_parser(sub) -> None:
-    from .roles import (DEFAULT_BUFFER_PORT, DEFAULT_RELAY_TRAINER_BUFFER_PORT, DEFAULT_STATUS_INTERVAL,
+    from .roles.common import (DEFAULT_BUFFER_PORT, DEFAULT_RELAY_TRAINER_BUFFER_PORT, DEFAULT_STATUS_INTERVAL,
                         DEFAULT_WEIGHTS_PORT)
     p = sub.add_parser("trainer", help="train from remote workers (binds, or joins a relay)",
                        description=TRAINER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -313,7 +313,7 @@ def _add_trainer_parser(sub) -> None:
 
 
 def _add_worker_parser(sub) -> None:
-    from .roles import DEFAULT_BUFFER_PORT, DEFAULT_STATUS_INTERVAL
+    from .roles.common import DEFAULT_BUFFER_PORT, DEFAULT_STATUS_INTERVAL
     p = sub.add_parser("worker", help="run a rollout worker that connects to a trainer or relay",
                        description=WORKER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--connect", required=True, metavar="HOST[:PORT]",
@@ -340,7 +340,7 @@ def _add_worker_parser(sub) -> None:
 
 
 def _add_relay_parser(sub) -> None:
-    from .roles import (DEFAULT_BUFFER_PORT, DEFAULT_RELAY_TRAINER_BUFFER_PORT,
+    from .roles.common import (DEFAULT_BUFFER_PORT, DEFAULT_RELAY_TRAINER_BUFFER_PORT,
                         DEFAULT_RELAY_TRAINER_WEIGHTS_PORT, DEFAULT_STATUS_INTERVAL, DEFAULT_WEIGHTS_PORT)
     p = sub.add_parser("relay", help="forward between workers and a trainer that cannot accept connections",
                        description=RELAY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -390,6 +390,15 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(exc: BaseException) -> bool:
+    """Errors reported as one line: bad settings, files, addresses, checkpoints (the checkpoint
+    module is looked up only if it was loaded, so that errors before any run import no torch)."""
+    if isinstance(exc, (ConfigError, ValueError, TypeError, TimeoutError, OSError)):
+        return True
+    checkpoint = sys.modules.get("relayrl.checkpoint")
+    return checkpoint is not None and isinstance(exc, checkpoint.CheckpointError)
+
+
 def _algorithm_from_path(argv: list[str]) -> None:
     """``--algorithm package.module:NAME`` names an algorithm outside the registry: load it before
     the flags are made, so its table's flags (``--NAME.field``) exist too."""
@@ -416,11 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .checkpoint import CheckpointError
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, ValueError, TypeError, TimeoutError, OSError) as exc:
-        if args.verbose:
+    except Exception as exc:
+        if args.verbose or not _user_error(exc):
             raise
         message = " ".join(str(exc).split())  # one line, whatever the message
         print(f"relayrl: error: {message}", file=sys.stderr)

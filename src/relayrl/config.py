@@ -98,7 +98,8 @@ class TrainingConfig:
             for name in ("epochs", "rounds", "steps", "update_model_interval", "update_buffer_interval"):
                 checks.positive_int(f"training.{name}", getattr(self, name))
             checks.positive_number("training.max_training_steps_per_env_step",
-                                   self.max_training_steps_per_env_step, " (updates per received sample)")
+                                   self.max_training_steps_per_env_step,
+                                   " (updates allowed per received sample; inf for no cap)", allow_inf=True)
             checks.seconds("training.sleep_between_buffer_retrieval_attempts",
                            self.sleep_between_buffer_retrieval_attempts)
             checks.non_negative_int("training.start_training", self.start_training)

@@ -26,6 +26,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import torch
 
+from . import checks
 from .buffer import TRANSITION_FIELDS, Buffer
 
 
@@ -60,17 +61,10 @@ class Memory(ABC):
 
     def __init__(self, nb_steps: int, device: str | torch.device = "cpu", batch_size: int = 256,
                  capacity: int = 1_000_000):
-        if int(nb_steps) < 1:
-            raise ValueError(f"nb_steps must be >= 1, got {nb_steps}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if int(capacity) < int(batch_size):
-            raise ValueError(f"capacity ({capacity}) must be at least batch_size ({batch_size}): "
-                             "raise the capacity or lower the batch size")
-        self.nb_steps = int(nb_steps)
+        self.nb_steps = checks.positive_int("nb_steps", nb_steps)
+        self.batch_size = checks.positive_int("batch_size", batch_size)
+        self.capacity = checks.capacity_fits_batch("capacity", capacity, "batch_size", self.batch_size)
         self.device = torch.device(device)
-        self.batch_size = int(batch_size)
-        self.capacity = int(capacity)
 
     @abstractmethod
     def __len__(self) -> int:

@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 import torch
 
+from . import checks
 from .batches import BatchSource, PrefetchThread, choose_batch_source
 from .round_stats import STATS_KEYS, EpisodeReader, RoundStats
 from .system import available_cores
@@ -78,12 +79,6 @@ def spaces_from_env_cls(env_cls) -> tuple[Any, Any]:
         close = getattr(env, "close", None)
         if callable(close):
             close()
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class TrainingOffline:
@@ -128,23 +123,17 @@ class TrainingOffline:
                  sleep_between_buffer_retrieval_attempts: float = 1.0, profiling: bool = False,
                  agent_scheduler: Callable | None = None, start_training: int = 0,
                  device: str | None = None):
-        self.epochs = _positive_int("epochs", epochs)
-        self.rounds = _positive_int("rounds", rounds)
-        self.steps = _positive_int("steps", steps)
-        self.update_model_interval = _positive_int("update_model_interval", update_model_interval)
-        self.update_buffer_interval = _positive_int("update_buffer_interval", update_buffer_interval)
-        ratio = max_training_steps_per_env_step
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
-            raise ValueError("max_training_steps_per_env_step must be a positive number (updates "
-                             f"allowed per received sample; use float('inf') for no cap), got {ratio!r}")
-        self.max_training_steps_per_env_step = float(ratio)
-        sleep = sleep_between_buffer_retrieval_attempts
-        if not isinstance(sleep, (int, float)) or not 0 <= sleep < math.inf:
-            raise ValueError("sleep_between_buffer_retrieval_attempts must be a number of seconds "
-                             f">= 0, got {sleep!r}")
-        self.sleep_between_buffer_retrieval_attempts = float(sleep)
-        if isinstance(start_training, bool) or not isinstance(start_training, int) or start_training < 0:
-            raise ValueError(f"start_training must be an integer >= 0, got {start_training!r}")
+        self.epochs = checks.positive_int("epochs", epochs)
+        self.rounds = checks.positive_int("rounds", rounds)
+        self.steps = checks.positive_int("steps", steps)
+        self.update_model_interval = checks.positive_int("update_model_interval", update_model_interval)
+        self.update_buffer_interval = checks.positive_int("update_buffer_interval", update_buffer_interval)
+        self.max_training_steps_per_env_step = checks.positive_number(
+            "max_training_steps_per_env_step", max_training_steps_per_env_step,
+            " (updates allowed per received sample; inf for no cap)", allow_inf=True)
+        self.sleep_between_buffer_retrieval_attempts = checks.seconds(
+            "sleep_between_buffer_retrieval_attempts", sleep_between_buffer_retrieval_attempts)
+        checks.non_negative_int("start_training", start_training)
         self.start_training = start_training
         if agent_scheduler is not None and not callable(agent_scheduler):
             raise TypeError(f"agent_scheduler must be callable as f(agent, epoch), got {agent_scheduler!r}")
@@ -164,10 +153,8 @@ class TrainingOffline:
         self.agent = training_agent_cls(observation_space=observation_space,
                                         action_space=action_space, device=self.device)
         capacity = getattr(self.memory, "capacity", None)
-        if capacity is not None and start_training > capacity:
-            raise ValueError(f"start_training ({start_training}) exceeds the memory capacity "
-                             f"({capacity}): training could never start; lower start_training or "
-                             "raise the memory capacity")
+        if capacity is not None:
+            checks.start_fits_capacity("start_training", start_training, "the memory capacity", capacity)
         self.batch_size = int(getattr(self.memory, "batch_size", 1))
 
         self.epoch = 0

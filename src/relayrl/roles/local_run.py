@@ -10,7 +10,6 @@ a worker never outlives its trainer, even one killed with SIGKILL (it watches th
 """
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import signal
 import time
@@ -23,8 +22,6 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 __all__ = ["run_local", "worker_process_main", "stop_requested"]
-
-log = logging.getLogger("relayrl")
 
 
 def stop_requested(stop_event, check_interval: float = 0.5) -> Callable[[], bool]:

@@ -9,7 +9,6 @@ one-line :class:`~relayrl.roles.common.RoleError`); :func:`run_trainer` runs the
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
     from ..transport.trainer_end import ZmqTrainerInterface
 
 __all__ = ["TrainerPlan", "plan_trainer", "run_trainer", "TrainerStatus", "format_trainer_status"]
-
-log = logging.getLogger("relayrl")
 
 
 @dataclass

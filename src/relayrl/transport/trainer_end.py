@@ -20,7 +20,6 @@ message per ``control_interval`` unless it changed a lot); see :mod:`relayrl.tra
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
@@ -42,8 +41,6 @@ if TYPE_CHECKING:
     from ..actor import ActorModule
 
 __all__ = ["ZmqTrainerInterface"]
-
-log = logging.getLogger("relayrl.transport")
 
 
 class ZmqTrainerInterface:
