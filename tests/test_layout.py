@@ -192,3 +192,44 @@ def test_relayrl_keys_imports_no_torch(tmp_path):
 def test_packages_import_nothing_heavy(tmp_path, package):
     modules = modules_after(f"import {package}\n", tmp_path)
     assert not {"torch", "zmq", "numpy", "pandas"} & modules
+
+
+ALGORITHM_NAMES = {"SACAgent", "SACConfig", "MLPActor", "EnsembleCritic", "sac", "SAC"}
+
+
+def _code_tokens(path: Path):
+    """Names and string literals of a module's code (docstrings and comments are prose: skipped)."""
+    import io
+    import tokenize
+
+    previous = None
+    for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+        if token.type == tokenize.NAME:
+            yield token.string
+        elif token.type == tokenize.STRING and previous not in (tokenize.INDENT, tokenize.NEWLINE, tokenize.NL,
+                                                                 tokenize.DEDENT, None):
+            yield token.string.strip("'\"")
+        if token.type not in (tokenize.COMMENT,):
+            previous = token.type
+
+
+def test_nothing_outside_algorithms_names_an_algorithm():
+    """The trainer, the configuration and the command line look the algorithm up in the registry.
+    (The package's lazy export table, a list of public names, is the one exception.)"""
+    package = Path(__file__).resolve().parents[1] / "src" / "relayrl"
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if relative.parts[0] == "algorithms" or relative == Path("__init__.py"):
+            continue
+        named = {token for token in _code_tokens(path) if token in ALGORITHM_NAMES
+                 or token.startswith("relayrl.algorithms.") or token in ("algorithms.sac", ".algorithms.sac")}
+        if named:
+            offenders.append(f"{relative}: {sorted(named)}")
+    assert not offenders, offenders
+
+
+def test_no_unsafe_loader_in_the_package():
+    package = Path(__file__).resolve().parents[1] / "src" / "relayrl"
+    hits = [str(p) for p in package.rglob("*.py") if "torch.load" in p.read_text()]
+    assert not hits, hits

@@ -36,7 +36,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from . import checks
-from .algorithms import Algorithm, get_algorithm
+from .algorithms import DEFAULT_ALGORITHM, Algorithm, get_algorithm
 
 
 class ConfigError(ValueError):
@@ -173,7 +173,7 @@ class RunConfig:
     env: str = "Pendulum-v1"
     """Gymnasium environment id, or "package.module:factory" for an environment of your own (the
     algorithm says which spaces it can train on)."""
-    algorithm: str = "sac"
+    algorithm: str = DEFAULT_ALGORITHM
     """The algorithm: a name in relayrl.algorithms.REGISTRY, or the "package.module:NAME" path of
     an Algorithm of your own. Its settings are the TOML table of the same name ([sac])."""
     seed: int = 0
@@ -276,7 +276,7 @@ def _build_settings(spec: Algorithm, values: dict[str, Any], where: str):
 
 def config_from_dict(data: dict[str, Any], where: str = "configuration") -> RunConfig:
     """A validated :class:`RunConfig` from nested dicts (TOML tables, JSON from a checkpoint)."""
-    algorithm = data.get("algorithm", "sac")
+    algorithm = data.get("algorithm", DEFAULT_ALGORITHM)
     try:
         spec = get_algorithm(algorithm)
     except ValueError as exc:

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .algorithms import DEFAULT_ALGORITHM
 from .checkpoint import CheckpointError, load_latest, save_checkpoint
 from .config import RunConfig
 from .interface import check_interface
@@ -96,7 +97,7 @@ class Trainer:
         if saved_env != self.config.env:
             raise CheckpointError(f"{self.run_dir} holds a run on {saved_env!r}, not {self.config.env!r}:"
                                   " use another --run-dir, or the same --env to resume it")
-        saved_algorithm = state.get("config", {}).get("algorithm", "sac")
+        saved_algorithm = state.get("config", {}).get("algorithm", DEFAULT_ALGORITHM)
         if saved_algorithm != self.config.algorithm:
             raise CheckpointError(f"{self.run_dir} holds a run of algorithm {saved_algorithm!r}, not "
                                   f"{self.config.algorithm!r}: use another --run-dir, or --algorithm "

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from .configs import SACConfig
 
-__all__ = ["Algorithm", "REGISTRY", "get_algorithm", "register", "SACConfig", "SACAgent", "MLPActor",
+__all__ = ["Algorithm", "REGISTRY", "DEFAULT_ALGORITHM", "get_algorithm", "register", "SACConfig", "SACAgent", "MLPActor",
            "EnsembleCritic"]
 
 
@@ -78,6 +78,10 @@ REGISTRY: dict[str, Algorithm] = {
 }
 """The built-in algorithms. SAC's ``run_defaults`` are RL Baselines3 Zoo's learning rates for
 Pendulum-v1, ``relayrl train``'s default environment."""
+
+
+DEFAULT_ALGORITHM = "sac"
+"""The algorithm of a run that names none (``RunConfig.algorithm``, checkpoints of relayrl 0.1)."""
 
 
 def register(algorithm: Algorithm) -> Algorithm:
