@@ -552,3 +552,41 @@ def test_parallel_update_works_in_a_forked_child():
         os.waitpid(pid, 0)
         pytest.fail("train() hung in a forked child")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("options", [{"dropout": 0.1}, {"layer_norm": True}, {"batch_norm": True},
+                                     {"dropout": 0.05, "layer_norm": True}])
+def test_regularised_ensemble_critics(options):
+    """The options for DroQ/CrossQ-style critics: members stay independent, dropout and batch
+    statistics act in train() mode only, gradients reach every parameter."""
+    from relayrl.algorithms.networks import EnsembleCritic
+
+    torch.manual_seed(0)
+    critic = EnsembleCritic(3, 1, (16, 16), n=3, **options)
+    obs, act = torch.randn(64, 3), torch.randn(64, 1)
+    q = critic(obs, act)
+    assert q.shape == (3, 64) and torch.isfinite(q).all()
+    q.sum().backward()
+    assert all(p.grad is not None for p in critic.parameters())
+    critic.eval()
+    q1, q2 = critic(obs, act), critic(obs, act)
+    assert torch.equal(q1, q2)  # deterministic in eval mode
+    if options.get("batch_norm"):
+        assert not torch.equal(critic.running_mean_0, torch.zeros_like(critic.running_mean_0))
+        # in eval mode, one sample's Q does not depend on the rest of the batch
+        assert torch.allclose(critic(obs[:1], act[:1])[:, 0], q1[:, 0], atol=1e-6)
+    if options.get("layer_norm") and not options.get("dropout"):
+        # changing member 0's first layer leaves the other members' outputs alone
+        with torch.no_grad():
+            critic.weights[0][0].mul_(2.0)
+        q3 = critic(obs, act)
+        assert torch.equal(q3[1:], q1[1:]) and not torch.equal(q3[0], q1[0])
+
+
+def test_regularised_critic_refuses_contradictory_options():
+    from relayrl.algorithms.networks import EnsembleCritic
+
+    with pytest.raises(ValueError, match="layer_norm or batch_norm"):
+        EnsembleCritic(3, 1, layer_norm=True, batch_norm=True)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        EnsembleCritic(3, 1, dropout=1.0)

@@ -218,28 +218,76 @@ class EnsembleCritic(nn.Module):
     ``nn.Linear`` (uniform in ``+-1/sqrt(in)``), so each member is an ordinary MLP. The output
     layer (``out = 1``) is computed as a multiply-and-sum instead of a matmul: BLAS is slow on
     such degenerate shapes (``k = 1`` outer products in the backward pass cost 15x more).
+
+    Options for the regularised critics of DroQ and CrossQ, applied in each hidden layer after its
+    linear map and before the ReLU, each member with its own parameters and statistics:
+    ``dropout`` (the probability, active in ``train()`` mode only), ``layer_norm`` (normalised over
+    the features, with a learned per-member scale and shift) and ``batch_norm`` (normalised over the
+    batch with running statistics for ``eval()`` mode, ``batch_norm_momentum`` their update rate).
+    All off by default: the plain critic runs the code path it always did.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int] = (256, 256),
-                 n: int = 2):
+                 n: int = 2, *, dropout: float = 0.0, layer_norm: bool = False,
+                 batch_norm: bool = False, batch_norm_momentum: float = 0.01, eps: float = 1e-5):
         super().__init__()
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if layer_norm and batch_norm:
+            raise ValueError("choose layer_norm or batch_norm, not both")
+        if not 0.0 < float(batch_norm_momentum) <= 1.0:
+            raise ValueError(f"batch_norm_momentum must be in (0, 1], got {batch_norm_momentum!r}")
         self.n = n
+        self.dropout, self.layer_norm, self.batch_norm = float(dropout), bool(layer_norm), bool(batch_norm)
+        self.batch_norm_momentum, self.eps = float(batch_norm_momentum), float(eps)
         sizes = [obs_dim + act_dim, *map(int, hidden_sizes), 1]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        self.norm_scales = nn.ParameterList()
+        self.norm_shifts = nn.ParameterList()
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             bound = 1.0 / math.sqrt(fan_in)
             self.weights.append(nn.Parameter(torch.empty(n, fan_in, fan_out).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(n, 1, fan_out).uniform_(-bound, bound)))
+            if (self.layer_norm or self.batch_norm) and i < len(sizes) - 2:
+                self.norm_scales.append(nn.Parameter(torch.ones(n, 1, fan_out)))
+                self.norm_shifts.append(nn.Parameter(torch.zeros(n, 1, fan_out)))
+                if self.batch_norm:
+                    self.register_buffer(f"running_mean_{i}", torch.zeros(n, 1, fan_out))
+                    self.register_buffer(f"running_var_{i}", torch.ones(n, 1, fan_out))
+        self._plain = not (self.dropout or self.layer_norm or self.batch_norm)
         self._refresh_layers()
 
     def _refresh_layers(self) -> None:
         self._layers = tuple(zip(self.weights, self.biases))  # ParameterList iteration is slow
+        self._norms = tuple(zip(self.norm_scales, self.norm_shifts))
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
         self._refresh_layers()
         return out
+
+    def _regularise(self, h: torch.Tensor, i: int, detach_params: bool) -> torch.Tensor:
+        if self.dropout:
+            h = nn.functional.dropout(h, self.dropout, self.training)
+        if self._norms:
+            scale, shift = self._norms[i]
+            if detach_params:
+                scale, shift = scale.detach(), shift.detach()
+            if self.layer_norm:
+                h = nn.functional.layer_norm(h, h.shape[-1:], eps=self.eps)
+            else:  # batch norm, per member over the batch
+                mean_buf, var_buf = getattr(self, f"running_mean_{i}"), getattr(self, f"running_var_{i}")
+                if self.training:
+                    var, mean = torch.var_mean(h, dim=1, keepdim=True, unbiased=False)
+                    with torch.no_grad():
+                        mean_buf.lerp_(mean, self.batch_norm_momentum)
+                        var_buf.lerp_(var, self.batch_norm_momentum)
+                else:
+                    mean, var = mean_buf, var_buf
+                h = (h - mean) * torch.rsqrt(var + self.eps)
+            h = torch.addcmul(shift, h, scale)
+        return h
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
         """Q-values ``(n, B)`` of ``(obs, action)`` (both ``(B, ·)``).
@@ -252,8 +300,11 @@ class EnsembleCritic(nn.Module):
         if detach_params:
             layers = tuple((w.detach(), b.detach()) for w, b in layers)
         *hidden, (w_out, b_out) = layers
-        for w, b in hidden:
-            h = torch.baddbmm(b, h, w).relu_()  # in place: baddbmm's backward needs no output
+        for i, (w, b) in enumerate(hidden):
+            h = torch.baddbmm(b, h, w)
+            if not self._plain:
+                h = self._regularise(h, i, detach_params)
+            h = h.relu_()  # in place: neither baddbmm's nor the norms' backward needs this output
         # (n, B, H) * (n, 1, H) summed over H, plus the (n, 1) bias
         q = torch.mul(h, w_out.transpose(1, 2)).sum(dim=-1)
         return q + b_out.view(self.n, 1)
