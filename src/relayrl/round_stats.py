@@ -50,6 +50,10 @@ STATS_KEYS: dict[str, str] = {
     "episode_length_test": "mean length in steps of those test episodes (NaN if none)",
     "episodes_train": "number of training episodes finished in the round",
     "episodes_test": "number of test episodes finished in the round",
+    "buffers_rejected": "buffers refused in the round by the check against the trainer's spaces "
+                        "(relayrl.buffer_check: wrong shapes, NaN or huge values, actions out of "
+                        "bounds); their transitions and episodes count nowhere",
+    "samples_rejected": "transitions in those refused buffers",
 }
 
 
@@ -74,6 +78,13 @@ class RoundStats:
         self.samples = 0
         self.episodes: list[EpisodeStats] = []
         self.metric_sums: dict[str, float] = {}
+        self.buffers_rejected = 0
+        self.samples_rejected = 0
+
+    def add_rejected(self, samples: int) -> None:
+        """A buffer of ``samples`` transitions was refused (relayrl.buffer_check)."""
+        self.buffers_rejected += 1
+        self.samples_rejected += samples
 
     def add_pull(self, samples: int, episodes: Iterable[EpisodeStats], seconds: float) -> None:
         """A pull brought ``samples`` transitions and the episodes finished with them."""
@@ -122,6 +133,8 @@ class RoundStats:
             "episode_length_test": _mean([e.length for e in test]),
             "episodes_train": len(train),
             "episodes_test": len(test),
+            "buffers_rejected": self.buffers_rejected,
+            "samples_rejected": self.samples_rejected,
         }
         for key, total in self.metric_sums.items():
             row[key] = total / updates

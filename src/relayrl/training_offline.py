@@ -51,6 +51,7 @@ import pandas as pd
 import torch
 
 from . import checks
+from .buffer_check import BufferCheck
 from .batches import BatchSource, PrefetchThread, choose_batch_source
 from .round_stats import STATS_KEYS, EpisodeReader, RoundStats
 from .system import available_cores
@@ -160,6 +161,10 @@ class TrainingOffline:
         self.epoch = 0
         self.total_updates = 0
         self.total_samples = 0
+        #: Buffers refused by :attr:`buffer_check` (see :mod:`relayrl.buffer_check`) since this
+        #: object was built.
+        self.buffers_rejected = 0
+        self.buffer_check = BufferCheck(observation_space, action_space)
         self._prefetch_thread = PrefetchThread()   # outlives rounds; recreated after a fork
         self._read_episodes = EpisodeReader()      # remembers tmrl buffers' last stat_* figures
 
@@ -271,12 +276,20 @@ class TrainingOffline:
         t0 = time.perf_counter()
         buffer = interface.retrieve_buffer()
         n = len(buffer)
+        problem = self.buffer_check.problem(buffer) if n else None
+        if problem is not None:  # dropped whole: no sample, no episode, no change to the memory
+            self.buffers_rejected += 1
+            log.warning("rejected a buffer of %d transitions from %r (seq %s): %s", n,
+                        getattr(buffer, "worker_id", "?"), getattr(buffer, "seq", "?"), problem)
+            if stats is not None:
+                stats.add_rejected(n)
+            n = 0
         if n:
             if batches is not None:
                 batches.memory_changing()  # e.g. waits for a prefetch in flight: no append during a draw
             self.memory.append(buffer)
             self.total_samples += n
-        episodes = self._read_episodes(buffer)
+        episodes = self._read_episodes(buffer) if problem is None else []
         if stats is not None:
             stats.add_pull(n, episodes, time.perf_counter() - t0)
         report = getattr(interface, "report_progress", None)
