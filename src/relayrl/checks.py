@@ -8,12 +8,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 __all__ = ["positive_int", "non_negative_int", "positive_number", "seconds", "capacity_fits_batch",
            "start_fits_capacity"]
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) or type(value).__name__.startswith(("int", "uint"))
+    """A Python or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def positive_int(name: str, value: Any) -> int:
