@@ -79,6 +79,13 @@ class TrainingConfig:
     """Profile each epoch with pyinstrument and log the report."""
     start_training: int = 256
     """No update before the memory holds this many transitions (and never before one batch)."""
+    ratio_from_start: bool = True
+    """Count the update-to-data cap from ``start_training`` on: updates wait while
+    ``total_updates > max_training_steps_per_env_step * (total_samples - start_training)``, so
+    training starts at one update per new sample (Stable-Baselines3's ``learning_starts``). False:
+    tmrl's counting over all samples (``TrainingOffline``'s own default), where a warm-up of
+    ``start_training = 10000`` lets 10,000 updates run on the first 10,000 samples before any new
+    one arrives."""
     device: str | None = None
     """Torch device of the agent and the batches; None picks CUDA, else MPS, else CPU."""
     prefetch: bool | None = None
@@ -104,6 +111,8 @@ class TrainingConfig:
                            self.sleep_between_buffer_retrieval_attempts)
             checks.non_negative_int("training.start_training", self.start_training)
             checks.non_negative_int("training.torch_threads", self.torch_threads)
+        _check(isinstance(self.ratio_from_start, bool),
+               f"training.ratio_from_start must be true or false, got {self.ratio_from_start!r}")
         _check(self.prefetch is None or isinstance(self.prefetch, bool),
                f"training.prefetch must be true or false (or omitted: automatic), got {self.prefetch!r}")
 
@@ -116,10 +125,30 @@ class MemoryConfig:
     """Transitions kept; the oldest are overwritten first."""
     batch_size: int = 256
     """Transitions per training batch."""
+    n_step: int = 1
+    """Returns over this many steps: each stored transition holds the discounted sum of up to
+    ``n_step`` rewards of one worker's stream and the observation it bootstraps from, never across
+    an episode end or from one worker to another (a window cut short by a time limit or a lost
+    buffer bootstraps from where it stops, with the matching discount). 1: plain transitions."""
+    prioritized: bool = False
+    """Prioritized replay (Schaul et al., 2016): transitions drawn with probability proportional to
+    ``|TD error| ** priority_exponent``, each batch carrying importance weights the agent applies."""
+    priority_exponent: float = 0.6
+    """How strongly priorities skew the draws (0: uniform); used when ``prioritized``."""
+    importance_exponent: float = 0.4
+    """Exponent of the importance weights ``(N * P(i)) ** -importance_exponent`` (normalised by
+    their maximum; 1 corrects the skew fully); used when ``prioritized``."""
 
     def __post_init__(self) -> None:
         with _as_config_error():
             checks.positive_int("memory.batch_size", self.batch_size)
+            checks.positive_int("memory.n_step", self.n_step)
+        _check(isinstance(self.prioritized, bool),
+               f"memory.prioritized must be true or false, got {self.prioritized!r}")
+        for name in ("priority_exponent", "importance_exponent"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1,
+                   f"memory.{name} must be a number in [0, 1], got {value!r}")
             checks.capacity_fits_batch("memory.capacity", self.capacity, "memory.batch_size", self.batch_size)
 
 
@@ -137,8 +166,9 @@ class WorkersConfig:
     """Steps collected before a buffer is sent (episode ends always send)."""
     env_steps_per_update: float | None = 1.0
     """Worker-side rate limit: samples the trainer lets workers collect per update; the workers'
-    allowance is max(the start_training samples, updates x this) + slack_samples (None: unlimited,
-    for real-time environments that must never wait)."""
+    allowance is the start_training samples + updates x this + slack_samples with
+    ``training.ratio_from_start`` (else max(the start_training samples, updates x this) +
+    slack_samples); None: unlimited, for real-time environments that must never wait."""
     slack_samples: int = 100
     """Samples workers may run ahead of the rate limit, so the trainer rarely waits. Once training
     has used the first samples, this is how far the data leads the updates: the less lead, the
@@ -147,6 +177,11 @@ class WorkersConfig:
     5,161: a noisy measure). Raise it for workers on slow, distant links."""
     pause_mid_episode: bool = True
     """Whether the rate limit may pause a worker inside an episode (False for robots and games)."""
+    random_steps: int = 0
+    """Environment steps of the run taken with uniform random actions (``action_space.sample()``)
+    before the policy acts, as Stable-Baselines3 does for its ``learning_starts`` steps; shared
+    equally among the workers one command starts, and not repeated for the samples a resumed run
+    already has. Test episodes always use the policy. Usually ``training.start_training``."""
 
     def __post_init__(self) -> None:
         _check(isinstance(self.count, int) and self.count >= 0,
@@ -164,6 +199,9 @@ class WorkersConfig:
                f"workers.env_steps_per_update must be > 0 or omitted, got {self.env_steps_per_update!r}")
         _check(isinstance(self.slack_samples, int) and self.slack_samples >= 0,
                f"workers.slack_samples must be an integer >= 0, got {self.slack_samples!r}")
+        _check(isinstance(self.random_steps, int) and not isinstance(self.random_steps, bool)
+               and self.random_steps >= 0,
+               f"workers.random_steps must be an integer >= 0, got {self.random_steps!r}")
 
 
 @dataclass

@@ -89,6 +89,11 @@ class Memory(ABC):
         for _ in range(self.nb_steps):
             yield self.sample()
 
+    def after_update(self, batch) -> None:
+        """Called by the training loop right after ``agent.train(batch)``, on the loop's thread: the
+        hook through which what the agent learned about the batch comes back to the memory (a
+        prioritized memory reads the TD errors the agent reported on the batch). Nothing here."""
+
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must hold to restore the memory (override when there is state)."""
         return {}

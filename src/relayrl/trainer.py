@@ -72,6 +72,7 @@ class Trainer:
             sleep_between_buffer_retrieval_attempts=t.sleep_between_buffer_retrieval_attempts,
             profiling=t.profiling, start_training=t.start_training, device=t.device)
         self.training.prefetch = t.prefetch
+        self.training.ratio_from_start = t.ratio_from_start
         self.torch_threads = t.torch_threads or default_torch_threads(
             getattr(self.training.agent, "parallel_update", False))
         torch.set_num_threads(self.torch_threads)

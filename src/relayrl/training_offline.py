@@ -210,6 +210,9 @@ class TrainingOffline:
         batch = batches.take(ahead)
         t1 = time.perf_counter()
         metrics = self.agent.train(batch)
+        after_update = getattr(self.memory, "after_update", None)
+        if after_update is not None:
+            after_update(batch)
         stats.add_update(t1 - t0, time.perf_counter() - t1, metrics)
         self.total_updates += 1
 
@@ -298,12 +301,21 @@ class TrainingOffline:
                    memory_len=len(self.memory))
         return n
 
+    ratio_from_start: bool = False
+    """Count the cap from ``start_training`` on: ``total_updates <= max_training_steps_per_env_step
+    * (total_samples - start_training)``, so training starts at the capped ratio instead of
+    catching up on the warm-up samples at once (Stable-Baselines3's ``learning_starts``). False
+    (tmrl's counting, the default here; ``relayrl train`` sets it from
+    ``training.ratio_from_start``): all samples count."""
+
     def training_allowed(self) -> bool:
         """The memory holds at least ``max(start_training, batch_size)`` transitions, and
-        ``total_updates <= max_training_steps_per_env_step * total_samples``."""
+        ``total_updates <= max_training_steps_per_env_step * total_samples`` (``total_samples -
+        start_training`` with :attr:`ratio_from_start`)."""
         if len(self.memory) < max(self.start_training, self.batch_size):
             return False
-        return self.total_updates <= self.max_training_steps_per_env_step * self.total_samples
+        samples = self.total_samples - (self.start_training if self.ratio_from_start else 0)
+        return self.total_updates <= self.max_training_steps_per_env_step * samples
 
     def wait_until_training_allowed(self, interface, stats: RoundStats | None = None,
                                     batches: BatchSource | None = None) -> None:

@@ -17,6 +17,10 @@ episodes, so an episode is never interrupted.
 
 Test episodes (every ``test_episode_interval`` training episodes) act deterministically; their
 transitions are not sent (they are evaluation, as in Stable-Baselines3), their statistics are.
+
+Exploration before learning: the first ``random_steps`` steps of training episodes take uniform
+random actions (``action_space.sample()``, seeded with the worker's seed) instead of the policy's,
+as Stable-Baselines3 does during its ``learning_starts``; their buffers carry policy version 0.
 """
 from __future__ import annotations
 
@@ -58,18 +62,25 @@ class RolloutWorker:
     pause_mid_episode:
         Whether the allowance may pause the worker inside an episode (see the module docstring).
     seed:
-        Seeds the environment's first reset and torch's sampling in this process.
+        Seeds the environment's first reset, its action space's sampler and torch's sampling in
+        this process.
+    random_steps:
+        Training steps taken with uniform random actions before the policy acts (see the module
+        docstring); 0: the policy acts from the first step.
     """
 
     def __init__(self, env, actor, connection, *, worker_id: str = "worker-0",
                  max_samples_per_episode: int | None = None, test_episode_interval: int = 5,
-                 buffer_steps: int = 25, pause_mid_episode: bool = True, seed: int | None = None):
+                 buffer_steps: int = 25, pause_mid_episode: bool = True, seed: int | None = None,
+                 random_steps: int = 0):
         if max_samples_per_episode is not None and max_samples_per_episode < 1:
             raise ValueError(f"max_samples_per_episode must be >= 1 or None, got {max_samples_per_episode}")
         if test_episode_interval < 0:
             raise ValueError(f"test_episode_interval must be >= 0, got {test_episode_interval}")
         if buffer_steps < 1:
             raise ValueError(f"buffer_steps must be >= 1, got {buffer_steps}")
+        if isinstance(random_steps, bool) or not isinstance(random_steps, int) or random_steps < 0:
+            raise ValueError(f"random_steps must be an integer >= 0, got {random_steps!r}")
         self.env = make_env(env)
         self.actor = actor if isinstance(actor, ActorModule) else actor(
             self.env.observation_space, self.env.action_space)
@@ -80,8 +91,11 @@ class RolloutWorker:
         self.buffer_steps = buffer_steps
         self.pause_mid_episode = pause_mid_episode
         self.seed = seed
+        self.random_steps = random_steps
+        self.steps_taken = 0  # training steps, random ones included
         if seed is not None:
             torch.manual_seed(seed)
+            self.env.action_space.seed(seed)
         obs_space, act_space = self.env.observation_space, self.env.action_space
         self.builder = BufferBuilder(obs_space.shape, act_space.shape, capacity=buffer_steps,
                                      obs_dtype=obs_space.dtype or np.float32)
@@ -94,15 +108,18 @@ class RolloutWorker:
 
     @classmethod
     def from_settings(cls, env, actor, connection, settings, *, worker_id: str,
-                      seed: int | None = None) -> "RolloutWorker":
+                      seed: int | None = None, random_steps: int | None = None) -> "RolloutWorker":
         """A worker configured by a ``[workers]`` section (:class:`relayrl.config.WorkersConfig`,
         or anything with its ``max_samples_per_episode``, ``test_episode_interval``, ``buffer_steps``
-        and ``pause_mid_episode`` attributes)."""
+        and ``pause_mid_episode`` attributes). ``random_steps``: this worker's share of the
+        section's ``random_steps`` (default: all of it, or 0 when the section has none)."""
+        if random_steps is None:
+            random_steps = getattr(settings, "random_steps", 0)
         return cls(env, actor, connection, worker_id=worker_id,
                    max_samples_per_episode=settings.max_samples_per_episode,
                    test_episode_interval=settings.test_episode_interval,
                    buffer_steps=settings.buffer_steps, pause_mid_episode=settings.pause_mid_episode,
-                   seed=seed)
+                   seed=seed, random_steps=random_steps)
 
     # --- connection ------------------------------------------------------------------------------
     def update_weights(self, timeout: float = 0.0) -> bool:
@@ -178,7 +195,12 @@ class RolloutWorker:
                 if self.pause_mid_episode or length == 0:
                     self.wait_for_allowance(should_stop)
             self.update_weights()
-            action = self.actor.act(obs, test=test)
+            if not test and self.steps_taken < self.random_steps:
+                action = self.env.action_space.sample()
+            else:
+                action = self.actor.act(obs, test=test)
+            if not test:
+                self.steps_taken += 1
             next_obs, reward, terminated, truncated, _ = self.env.step(action)
             length += 1
             episode_return += float(reward)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..config import RunConfig
     from ..transport.trainer_end import ZmqTrainerInterface
 
-__all__ = ["DEFAULT_BUFFER_PORT", "DEFAULT_WEIGHTS_PORT", "DEFAULT_RELAY_TRAINER_BUFFER_PORT",
+__all__ = ["split_random_steps", "DEFAULT_BUFFER_PORT", "DEFAULT_WEIGHTS_PORT", "DEFAULT_RELAY_TRAINER_BUFFER_PORT",
            "DEFAULT_RELAY_TRAINER_WEIGHTS_PORT", "DEFAULT_STATUS_INTERVAL", "HOW_TO_MAKE_KEYS", "RoleError",
            "parse_endpoint", "tcp_endpoint", "parse_host", "check_port", "check_security", "key_file",
            "key_dir", "zmq_error", "say", "StopRequest", "stop_signals", "WatchedInterface",
@@ -273,6 +273,14 @@ def open_trainer(config: "RunConfig", *, progress: bool, print_tables: bool):
     return trainer
 
 
+def split_random_steps(random_steps: int, samples_so_far: int, workers: int) -> list[int]:
+    """Each of ``workers`` workers' share of the run's ``workers.random_steps`` still to take
+    (a resumed run that already has ``samples_so_far`` samples takes only the rest)."""
+    left = max(0, int(random_steps) - int(samples_so_far))
+    base, extra = divmod(left, max(1, workers))
+    return [base + (1 if i < extra else 0) for i in range(workers)]
+
+
 def trainer_transport(trainer, buffer_endpoint: str, weights_endpoint: str,
                       **options: Any) -> "ZmqTrainerInterface":
     """The transport of ``trainer`` (a :class:`~relayrl.trainer.Trainer`), metering the workers by
@@ -286,6 +294,7 @@ def trainer_transport(trainer, buffer_endpoint: str, weights_endpoint: str,
     transport = ZmqTrainerInterface(buffer_endpoint, weights_endpoint,
                                     env_steps_per_update=workers.env_steps_per_update,
                                     initial_samples=max(training.start_training, training.batch_size),
-                                    slack_samples=workers.slack_samples, **options)
+                                    slack_samples=workers.slack_samples,
+                                    samples_on_top_of_initial=training.ratio_from_start, **options)
     trainer.row_extras = TransportAccounting(transport).row_stats
     return transport

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Callable
 
-from .common import WatchedInterface, open_trainer, stop_signals, trainer_transport
+from .common import WatchedInterface, open_trainer, split_random_steps, stop_signals, trainer_transport
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -45,7 +45,8 @@ def stop_requested(stop_event, check_interval: float = 0.5) -> Callable[[], bool
 
 
 def worker_process_main(env_id: str, actor_factory, buffer_endpoint: str, weights_endpoint: str,
-                        worker_id: str, seed: int, workers: dict, stop_event) -> None:
+                        worker_id: str, seed: int, workers: dict, stop_event,
+                        random_steps: int = 0) -> None:
     """Entry point of one local worker process (stopped through ``stop_event`` or by its pid)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the trainer's to handle
     import torch
@@ -57,7 +58,7 @@ def worker_process_main(env_id: str, actor_factory, buffer_endpoint: str, weight
     torch.set_num_threads(1)
     client = ZmqWorkerClient(buffer_endpoint, weights_endpoint, worker_id)
     worker = RolloutWorker.from_settings(env_id, actor_factory, client, WorkersConfig(**workers),
-                                         worker_id=worker_id, seed=seed)
+                                         worker_id=worker_id, seed=seed, random_steps=random_steps)
     should_stop = stop_requested(stop_event)
     try:
         if worker.wait_for_first_weights(should_stop=should_stop):
@@ -78,12 +79,14 @@ def run_local(config: "RunConfig", progress: bool = True, print_tables: bool = T
     transport = trainer_transport(trainer, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
+    count = config.workers.count
+    random_shares = split_random_steps(config.workers.random_steps, trainer.training.total_samples, count)
     processes = [
         ctx.Process(target=worker_process_main, name=f"relayrl-worker-{i}", daemon=True,
                     args=(config.env, config.actor_factory(), transport.buffer_endpoint,
                           transport.weights_endpoint, f"local-{i}", config.seed + 1 + i,
-                          asdict(config.workers), stop))
-        for i in range(config.workers.count)
+                          asdict(config.workers), stop, random_shares[i]))
+        for i in range(count)
     ]
     try:
         with stop_signals():  # SIGTERM as Ctrl+C: a checkpoint, then the workers are stopped

@@ -5,6 +5,8 @@ samples from stale policies. With ``env_steps_per_update`` set, after every ``re
 trainer (:class:`~relayrl.transport.trainer_end.ZmqTrainerInterface`) asks :class:`CreditRule` for::
 
     allowance = max(initial_samples, total_updates * env_steps_per_update) + slack_samples
+              (initial_samples + total_updates * env_steps_per_update + slack_samples when the
+               trainer counts its ratio from start_training on: ``on_top_of_initial``)
     remaining = max(0, allowance - total_samples)
     share     = ceil(remaining / max(1, workers seen in the last worker_timeout seconds))
 
@@ -53,6 +55,9 @@ class CreditRule:
     env_steps_per_update: float | None = None
     initial_samples: int = 0
     slack_samples: int = 1000
+    on_top_of_initial: bool = False
+    """``initial + updates x rate + slack`` instead of ``max(initial, updates x rate) + slack``:
+    the workers' side of a trainer that counts its ratio from ``start_training`` on."""
 
     def __post_init__(self) -> None:
         if self.env_steps_per_update is not None and not self.env_steps_per_update > 0:
@@ -69,8 +74,10 @@ class CreditRule:
         limit): ``max(initial, updates x rate) + slack``, rounded up."""
         if self.env_steps_per_update is None:
             return None
-        return math.ceil(max(self.initial_samples, total_updates * self.env_steps_per_update)
-                         + self.slack_samples)
+        earned = total_updates * self.env_steps_per_update
+        if self.on_top_of_initial:
+            return math.ceil(self.initial_samples + earned + self.slack_samples)
+        return math.ceil(max(self.initial_samples, earned) + self.slack_samples)
 
     def share(self, total_updates: int, total_samples: int, active_workers: int) -> int | None:
         """What each of ``active_workers`` may still send (``None``: no limit)."""

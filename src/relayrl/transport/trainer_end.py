@@ -84,7 +84,8 @@ class ZmqTrainerInterface:
 
     def __init__(self, buffer_bind: str = "tcp://127.0.0.1:0", weights_bind: str = "tcp://127.0.0.1:0",
                  *, env_steps_per_update: float | None = None, initial_samples: int = 0,
-                 slack_samples: int = 1000, max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+                 slack_samples: int = 1000, samples_on_top_of_initial: bool = False,
+                 max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
                  max_queued_buffers: int = 1000, initial_version: int = 0, worker_timeout: float = 60.0,
                  control_interval: float = 0.02, weights_resend_interval: float = 0.2,
                  max_messages_per_retrieve: int = 10_000,
@@ -92,7 +93,8 @@ class ZmqTrainerInterface:
                  authorized_keys_dir: str | os.PathLike | None = None,
                  insecure: bool = False, connect: bool = False,
                  relay_public_key_file: str | os.PathLike | None = None):
-        self.credits = CreditRule(env_steps_per_update, int(initial_samples), int(slack_samples))
+        self.credits = CreditRule(env_steps_per_update, int(initial_samples), int(slack_samples),
+                                  bool(samples_on_top_of_initial))
         if max_queued_buffers < 1 or max_buffer_bytes < 1:
             raise ValueError("max_queued_buffers and max_buffer_bytes must be >= 1")
         self.max_buffer_bytes = int(max_buffer_bytes)
