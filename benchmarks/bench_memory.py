@@ -13,9 +13,19 @@ Stores: relayrl's ``ReplayMemory`` (capacity = N = 1e6, filled by 1,000 ``append
 1,000-transition buffers, as workers send them), SB3's ``ReplayBuffer`` (1e6, filled by writing its
 arrays in the same chunks), and the tmrl-style re-creation of ``bench_sampling`` (Python lists
 holding one small numpy array per observation; 1e5 transitions, to keep it short).
+
+(e') Time of the replay features, in this process: relayrl's uniform ``ReplayMemory`` against
+``NStepReplayMemory`` (n = 3) and ``PrioritizedReplayMemory`` (n = 1 and n = 3), each filled with
+1e6 Pendulum-size transitions (capacity 1e6). One round = one ``append`` of a 25-transition buffer
+(a worker's ``buffer_steps``, continuing the worker's stream) then 25 updates' draws of 256
+(``sample()``; for the prioritized memories also ``report_td_errors`` + ``after_update``, the
+priority update the loop makes after each update); also the append alone (per 1,000 transitions in
+buffers of 25) and, for the memories that may draw ahead, the loop's bulk draw
+(``sample_batches(25)``). Ratios to the uniform memory's ``sample()`` rows.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -27,7 +37,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from _common import Options, machine_header, sb3_skip_note, sb3_version  # noqa: E402
+from _common import (Options, interleaved, machine_header, sb3_skip_note, sb3_version,  # noqa: E402
+                     table, timed)
 
 NAME = "memory"
 RAW_BYTES = 3 * 4 + 1 * 4 + 4 + 3 * 4 + 1 + 1  # 34
@@ -120,6 +131,94 @@ def _child(variant: str, n: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _stream_buffers(count: int, size: int, first_seq: int = 0):
+    """``count`` consecutive buffers of one worker's stream (episodes of 200 steps, truncated)."""
+    from relayrl.buffer import Buffer
+    rng = np.random.default_rng(first_seq)
+    out = []
+    for k in range(count):
+        step = (first_seq + k) * size + np.arange(size)
+        obs = rng.standard_normal((size, 3), dtype=np.float32)
+        out.append(Buffer(obs=obs, act=rng.uniform(-2, 2, (size, 1)).astype(np.float32),
+                          rew=rng.uniform(-16, 0, size).astype(np.float32), next_obs=obs + np.float32(0.01),
+                          terminated=np.zeros(size, bool), truncated=(step % 200) == 199,
+                          worker_id="w", seq=first_seq + k))
+    return out
+
+
+def speed(opts: Options) -> list[str]:
+    """(e'): append and draw times of uniform, n-step and prioritized replay (see the docstring)."""
+    import torch
+
+    from relayrl.memory import ReplayMemory
+    from relayrl.nstep import NStepReplayMemory
+    from relayrl.prioritized import PrioritizedReplayMemory
+
+    torch.set_num_threads(opts.threads)
+    n = 10_000 if opts.smoke else 100_000 if opts.quick else 1_000_000
+    rounds = 2 if opts.smoke else 10 if opts.quick else 40
+    steps, batch = 25, 256
+    common = dict(nb_steps=1, batch_size=batch, capacity=n, seed=0)
+    memories = {
+        "uniform ReplayMemory": ReplayMemory(**common),
+        "n-step, n=3": NStepReplayMemory(**common, n_step=3, gamma=0.99),
+        "prioritized, n=1": PrioritizedReplayMemory(**common),
+        "prioritized + n-step, n=3": PrioritizedReplayMemory(**common, n_step=3, gamma=0.99),
+    }
+    fill = _stream_buffers(n // 1000, 1000)
+    for memory in memories.values():
+        for buffer in fill:
+            memory.append(buffer)
+    seq = {name: len(fill) for name in memories}  # the stream continues (n-step windows too)
+    chunk = 1000 // steps
+    errors = torch.rand(batch)
+
+    def one_round(name: str, ahead: bool = False):
+        memory = memories[name]
+        buffers = _stream_buffers(rounds, steps, seq[name])  # made before the clock starts
+        seq[name] += rounds
+
+        def work():
+            for buffer in buffers:
+                memory.append(buffer)
+                drawn = memory.sample_batches(steps) if ahead else None
+                for k in range(steps):
+                    b = drawn[k] if ahead else memory.sample()
+                    report = getattr(b, "report_td_errors", None)
+                    if report is not None and getattr(b, "weights", None) is not None:
+                        report(errors)
+                        memory.after_update(b)
+        wall, cpu = timed(work)
+        return wall / (rounds * steps) * 1e6, cpu / (rounds * steps) * 1e6
+
+    def appends(name: str):
+        memory = memories[name]
+        buffers = _stream_buffers(chunk, steps, seq[name])
+        seq[name] += chunk
+
+        def work():
+            for b in buffers:
+                memory.append(b)
+        wall, cpu = timed(work)
+        return wall * 1e6, cpu * 1e6
+
+    variants = {name: functools.partial(one_round, name) for name in memories}
+    variants["uniform ReplayMemory, drawn ahead"] = functools.partial(one_round, "uniform ReplayMemory", True)
+    variants["n-step, n=3, drawn ahead"] = functools.partial(one_round, "n-step, n=3", True)
+    per_update = interleaved(variants, max(1, opts.repeats), log=opts.log)
+    per_append = interleaved({name: functools.partial(appends, name) for name in memories},
+                             max(1, opts.repeats), log=opts.log)
+    header = (f"set-up: {n:,} Pendulum-size transitions stored (capacity {n:,}), batches of {batch}, "
+              f"one {steps}-transition append per {steps} draws")
+    ref = "uniform ReplayMemory"
+    for name, series in per_update.items():
+        opts.results[f"memory_speed_update_{name}"] = series.median
+    return [table("(e') replay features: us per update (append share + draw + priority update)",
+                  list(per_update.values()), "us", ref, "ratio to uniform", header, higher_is_better=False),
+            table("(e') replay features: us per 1,000 transitions appended (buffers of 25)",
+                  list(per_append.values()), "us", ref, "ratio to uniform", header, higher_is_better=False)]
+
+
 def run(opts: Options) -> list[str]:
     n = 10_000 if opts.smoke else 100_000 if opts.quick else 1_000_000
     n_tmrl = 2_000 if opts.smoke else 10_000 if opts.quick else 100_000
@@ -150,7 +249,7 @@ def run(opts: Options) -> list[str]:
     lines.append("(RSS delta includes everything the process allocated while filling: the store, and "
                  "for the lists the Python objects; storage is allocated lazily, so a fresh store "
                  "costs little RSS until it fills)")
-    return notes + ["\n".join(lines)]
+    return notes + ["\n".join(lines)] + speed(opts)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,10 @@ class Buffer:
     worker_id: str = ""
     seq: int = 0
     policy_version: int = 0
+    parts: tuple[tuple[str, int, int, int], ...] | None = None
+    """``None`` for one worker's buffer. For a join of several (:meth:`concatenate`): one
+    ``(worker_id, seq, policy_version, rows)`` per joined buffer, in order, so that a memory that
+    follows each worker's stream (n-step returns) can tell the streams apart. Never sent."""
 
     def __len__(self) -> int:
         return int(self.rew.shape[0])
@@ -50,6 +54,20 @@ class Buffer:
     def arrays(self) -> dict[str, np.ndarray]:
         """The six transition columns by name."""
         return {name: getattr(self, name) for name in TRANSITION_FIELDS}
+
+    def segments(self) -> list[tuple[str, int, int, int, int]]:
+        """``(worker_id, seq, policy_version, start, stop)`` of each worker buffer in this one
+        (rows ``start:stop``): one for a worker's buffer, one per joined buffer after
+        :meth:`concatenate` (see :attr:`parts`)."""
+        if not self.parts:
+            return [(self.worker_id, self.seq, self.policy_version, 0, len(self))]
+        out, start = [], 0
+        for worker_id, seq, policy_version, rows in self.parts:
+            out.append((worker_id, seq, policy_version, start, start + rows))
+            start += rows
+        if start != len(self):
+            raise ValueError(f"Buffer.parts count {start} rows, the buffer has {len(self)}")
+        return out
 
     def validate(self) -> "Buffer":
         """Raise ``ValueError`` naming the problem if the columns are inconsistent; return ``self``."""
@@ -74,7 +92,8 @@ class Buffer:
 
     @classmethod
     def concatenate(cls, buffers: Iterable["Buffer"]) -> "Buffer":
-        """Join buffers (from any workers) into one; episode statistics are concatenated too."""
+        """Join buffers (from any workers) into one; episode statistics are concatenated too, and
+        :attr:`parts` records who sent which rows."""
         buffers = [b for b in buffers if len(b) or b.episodes]
         if not buffers:
             raise ValueError("Buffer.concatenate needs at least one non-empty buffer")
@@ -83,8 +102,11 @@ class Buffer:
         columns = {name: np.concatenate([getattr(b, name) for b in buffers if len(b)] or
                                         [getattr(buffers[0], name)]) for name in TRANSITION_FIELDS}
         episodes = [e for b in buffers for e in b.episodes]
+        parts = tuple(part for b in buffers for part in
+                      (b.parts or ((b.worker_id, b.seq, b.policy_version, len(b)),)))
         return cls(**columns, episodes=episodes, worker_id=buffers[-1].worker_id,
-                   seq=buffers[-1].seq, policy_version=max(b.policy_version for b in buffers))
+                   seq=buffers[-1].seq, policy_version=max(b.policy_version for b in buffers),
+                   parts=parts)
 
 
 class BufferBuilder:

@@ -16,7 +16,33 @@ The contract, used by :class:`~relayrl.training_offline.TrainingOffline`:
 uniformly with a seeded generator, gathers each field with one vectorised indexing operation and
 moves the batch to the device once (pinned memory and non-blocking copies on CUDA). Nothing is done
 per sample in Python. Memories that keep their data differently can subclass :class:`Memory` and
-implement ``__len__``, ``append`` and ``sample``.
+implement ``__len__``, ``append`` and ``sample``. :mod:`relayrl.nstep` adds n-step returns
+(``NStepReplayMemory``) and :mod:`relayrl.prioritized` prioritized replay
+(``PrioritizedReplayMemory``, and ``configured_memory_cls``, which picks the memory of a run from
+its ``MemoryConfig``).
+
+What a batch carries, for agents
+--------------------------------
+A batch always unpacks (and indexes) as the 6-tuple ``obs, act, rew, next_obs, terminated,
+truncated = batch``. A :class:`ReplayBatch` (the n-step and prioritized memories hand those out; a
+:class:`Batch` has the same attributes, always ``None``) carries besides:
+
+* ``discounts``: ``None``, or a float32 ``(B,)`` tensor on the device: the discount of each sample's
+  bootstrap, ``gamma ** m`` for its ``m``-step return (``rew`` is then already the discounted sum of
+  the ``m`` rewards). When it is not ``None``, use it **instead of** ``gamma``:
+  ``y = rew + discounts * (1 - terminated) * V(next_obs)``.
+* ``weights``: ``None``, or a float32 ``(B,)`` tensor on the device: importance weights of a
+  prioritized draw. When not ``None``, multiply the *per-sample* critic losses by them before
+  averaging: ``(weights * (q - y) ** 2).mean()``.
+* ``indices``: ``None``, or the ``np.ndarray`` of memory slots the samples came from.
+* ``report_td_errors(errors)``: hand back ``|y - Q(obs, act)|`` per sample, a ``(B,)`` tensor
+  (detached; with several critics, e.g. their mean). It only stores them in ``td_errors`` (so it
+  may be called from any thread); the memory reads them in ``after_update(batch)``, which the
+  training loop calls on its own thread after ``agent.train(batch)`` returned. Memories that do not
+  use them ignore them.
+
+Read them with ``getattr(batch, "weights", None)`` (and ``getattr(batch, "report_td_errors",
+None)``) so that plain tuples, tmrl-style, keep working.
 """
 from __future__ import annotations
 
@@ -31,7 +57,9 @@ from .buffer import TRANSITION_FIELDS, Buffer
 
 
 class Batch(NamedTuple):
-    """A training batch; unpacks like tmrl's 6-tuple."""
+    """A training batch; unpacks like tmrl's 6-tuple. Uniform replay hands these out: the extra
+    attributes of the batch contract (see the module docstring) are all ``None`` and
+    :meth:`report_td_errors` keeps nothing (nothing would read it)."""
 
     obs: torch.Tensor
     act: torch.Tensor
@@ -39,6 +67,45 @@ class Batch(NamedTuple):
     next_obs: torch.Tensor
     terminated: torch.Tensor
     truncated: torch.Tensor
+
+    # class attributes, not fields: the tuple stays a 6-tuple
+    weights = None
+    discounts = None
+    indices = None
+    td_errors = None
+
+    def report_td_errors(self, errors) -> None:
+        """Nothing: this batch's memory does not use TD errors."""
+
+    def rows(self, start: int, stop: int) -> "Batch":
+        """Samples ``start:stop`` of every field (views), as a batch of the same kind."""
+        return Batch(*(t[start:stop] for t in self))
+
+
+class ReplayBatch(Batch):
+    """A :class:`Batch` with the optional attributes of the batch contract set (see the module
+    docstring): ``weights``, ``discounts``, ``indices`` and the ``td_errors`` the agent reports.
+    ``stamps`` (the memory's write stamps of the slots, or ``None``) lets a prioritized memory
+    ignore errors for slots overwritten since the draw."""
+
+    # no __slots__: instances have a __dict__ for the attributes below
+    @classmethod
+    def of(cls, fields, weights=None, discounts=None, indices=None, stamps=None) -> "ReplayBatch":
+        batch = cls(*fields)
+        batch.weights, batch.discounts, batch.indices, batch.stamps = weights, discounts, indices, stamps
+        batch.td_errors = None
+        return batch
+
+    def report_td_errors(self, errors) -> None:
+        """Keep ``errors`` (``|y - Q|`` per sample, a ``(B,)`` tensor) for the memory's
+        ``after_update``; only stores them, so any thread may call it."""
+        self.td_errors = errors.detach() if isinstance(errors, torch.Tensor) else errors
+
+    def rows(self, start: int, stop: int) -> "ReplayBatch":
+        def cut(x):
+            return None if x is None else x[start:stop]
+        return ReplayBatch.of(tuple(t[start:stop] for t in self), cut(self.weights),
+                              cut(self.discounts), cut(self.indices), cut(getattr(self, "stamps", None)))
 
 
 class Memory(ABC):
@@ -159,11 +226,11 @@ class ReplayMemory(Memory):
         return self._size
 
     # --- writing -------------------------------------------------------------------------------
-    def _allocate(self, buffer: Buffer) -> None:
+    def _allocate(self, columns: dict[str, np.ndarray]) -> None:
         self._columns = {}
-        for name, column in buffer.arrays().items():
+        for name, column in columns.items():
             dtype = column.dtype
-            if name in ("rew",):
+            if name in ("rew", "discount"):
                 dtype = np.float32
             elif name in ("terminated", "truncated"):
                 dtype = np.bool_
@@ -171,32 +238,44 @@ class ReplayMemory(Memory):
                 dtype = np.float32
             self._columns[name] = np.empty((self.capacity, *column.shape[1:]), dtype=dtype)
 
+    def _check_shapes(self, columns: dict[str, np.ndarray]) -> None:
+        for name, column in columns.items():
+            if column.shape[1:] != self._columns[name].shape[1:]:
+                raise ValueError(f"buffer field {name!r} has per-transition shape {column.shape[1:]},"
+                                 f" but this memory stores {self._columns[name].shape[1:]}: all workers "
+                                 "must use the same environment spaces")
+
     def append(self, buffer: Buffer) -> None:
         n = len(buffer)
         if n == 0:
             return
+        self._write(buffer.arrays())
+        self.total_appended += n
+
+    def _write(self, columns: dict[str, np.ndarray]) -> tuple[int, int]:
+        """Store the rows of ``columns`` (one array per stored field, same first dimension) in the
+        ring; return ``(first slot, rows written)`` (the rows then occupy consecutive slots modulo
+        the capacity; only the newest ``capacity`` rows of a larger write are kept)."""
+        n = len(next(iter(columns.values())))
         if self._columns is None:
-            self._allocate(buffer)
-        columns = self._columns
-        for name, column in buffer.arrays().items():
-            if column.shape[1:] != columns[name].shape[1:]:
-                raise ValueError(f"buffer field {name!r} has per-transition shape {column.shape[1:]},"
-                                 f" but this memory stores {columns[name].shape[1:]}: all workers "
-                                 "must use the same environment spaces")
+            self._allocate(columns)
+        else:
+            self._check_shapes(columns)
         if n > self.capacity:                 # only the newest `capacity` transitions survive
             start = n - self.capacity
             n = self.capacity
         else:
             start = 0
-        first = min(n, self.capacity - self._next)   # at most two contiguous writes
-        for name, column in buffer.arrays().items():
-            dst = columns[name]
-            dst[self._next:self._next + first] = column[start:start + first]
+        slot = self._next
+        first = min(n, self.capacity - slot)   # at most two contiguous writes
+        for name, column in columns.items():
+            dst = self._columns[name]
+            dst[slot:slot + first] = column[start:start + first]
             if first < n:
                 dst[:n - first] = column[start + first:start + n]
-        self._next = (self._next + n) % self.capacity
+        self._next = (slot + n) % self.capacity
         self._size = min(self.capacity, self._size + n)
-        self.total_appended += len(buffer)
+        return slot, n
 
     # --- reading -------------------------------------------------------------------------------
     def sample_indices(self, count: int | None = None) -> np.ndarray:
@@ -268,7 +347,10 @@ class ReplayMemory(Memory):
                 batches.append(self.sample())
                 continue
             tensors = self.collate(self.sample_indices(k * size))
-            batches.extend(Batch(*(t[i * size:(i + 1) * size] for t in tensors)) for i in range(k))
+            if isinstance(tensors, Batch):
+                batches.extend(tensors.rows(i * size, (i + 1) * size) for i in range(k))
+            else:  # a subclass's collate returned another sequence of tensors
+                batches.extend(Batch(*(t[i * size:(i + 1) * size] for t in tensors)) for i in range(k))
         return batches
 
     def get_transition(self, index: int) -> tuple:
@@ -286,7 +368,7 @@ class ReplayMemory(Memory):
             columns = {name: col[order] if not isinstance(order, slice) else col[order]
                        for name, col in self._columns.items()}
         return {"columns": columns, "total_appended": self.total_appended,
-                "rng": self._rng.bit_generator.state}
+                "rng": self._rng.bit_generator.state, "next": self._next}
 
     def _chronological_slice(self):
         if self._size < self.capacity:
@@ -300,7 +382,18 @@ class ReplayMemory(Memory):
             missing = set(TRANSITION_FIELDS) - set(columns)
             if missing:
                 raise ValueError(f"memory state lacks columns {sorted(missing)}")
-            self.append(Buffer(**{name: np.asarray(columns[name]) for name in TRANSITION_FIELDS}))
+            rows = len(columns["rew"])
+            if rows == self.capacity and 0 <= int(state.get("next", 0)) < rows:
+                self._next = int(state.get("next", 0))  # a full ring: every slot as it was saved
+            if rows:
+                self._restore_columns(columns)
         self.total_appended = int(state.get("total_appended", self._size))
         if "rng" in state:
             self._rng.bit_generator.state = state["rng"]
+
+    def _restore_columns(self, columns: dict[str, Any]) -> None:
+        """Write the chronological columns of a state back (subclasses with more columns override)."""
+        if "discount" in columns:
+            raise ValueError("the memory state holds n-step transitions (a 'discount' column): load it "
+                             "into an n-step memory (memory.n_step > 1), not a one-step one")
+        self._write({name: np.asarray(columns[name]) for name in TRANSITION_FIELDS})

@@ -31,7 +31,7 @@ from .checkpoint import CheckpointError, load_latest, save_checkpoint
 from .config import RunConfig
 from .interface import check_interface
 from .loggers import CsvLogger, JsonlLogger, TensorBoardLogger, format_table
-from .memory import ReplayMemory
+from .prioritized import configured_memory_cls
 from .system import available_cores
 from .training_offline import TorchTrainingOffline
 
@@ -62,8 +62,8 @@ class Trainer:
         t = config.training
         self.training = TorchTrainingOffline(
             env_cls=self.spaces,
-            memory_cls=functools.partial(ReplayMemory, batch_size=config.memory.batch_size,
-                                         capacity=config.memory.capacity, seed=config.seed),
+            memory_cls=configured_memory_cls(config.memory, gamma=getattr(config.agent, "gamma", 0.99),
+                                             seed=config.seed),
             training_agent_cls=functools.partial(config.algorithm_spec.agent_class(), config=config.agent),
             epochs=t.epochs, rounds=t.rounds, steps=t.steps,
             update_model_interval=t.update_model_interval,

@@ -20,10 +20,11 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .configs import SACConfig
+from .configs import CrossQConfig, DroQConfig, REDQConfig, SACConfig, TD3Config
 
 __all__ = ["Algorithm", "REGISTRY", "DEFAULT_ALGORITHM", "get_algorithm", "register", "SACConfig", "SACAgent", "MLPActor",
-           "EnsembleCritic"]
+           "EnsembleCritic", "TD3Config", "TD3Agent", "DeterministicActor", "REDQConfig", "DroQConfig",
+           "CrossQConfig"]
 
 
 def _resolve(target: Any) -> Any:
@@ -75,9 +76,27 @@ REGISTRY: dict[str, Algorithm] = {
                      "relayrl.algorithms.sac:actor_factory", "relayrl.algorithms.sac:check_spaces",
                      run_defaults={"lr_actor": 1e-3, "lr_critic": 1e-3, "lr_entropy": 1e-3},
                      summary="Soft Actor-Critic (twin critics, tuned entropy; SB3's defaults)"),
+    "td3": Algorithm("td3", TD3Config, "relayrl.algorithms.td3:TD3Agent",
+                     "relayrl.algorithms.td3:actor_factory", "relayrl.algorithms.td3:check_spaces",
+                     run_defaults={"lr_actor": 1e-3, "lr_critic": 1e-3},
+                     summary="Twin Delayed DDPG (deterministic policy, twin critics, delayed actor "
+                             "updates, target smoothing)"),
+    "redq": Algorithm("redq", REDQConfig, "relayrl.algorithms.redq:REDQAgent",
+                      "relayrl.algorithms.sac:actor_factory", "relayrl.algorithms.sac:check_spaces",
+                      run_defaults={"lr_actor": 1e-3, "lr_critic": 1e-3, "lr_entropy": 1e-3},
+                      summary="REDQ: SAC with 10 critics, random 2-critic targets, for high update-to-data "
+                              "ratios"),
+    "droq": Algorithm("droq", DroQConfig, "relayrl.algorithms.droq:DroQAgent",
+                      "relayrl.algorithms.sac:actor_factory", "relayrl.algorithms.sac:check_spaces",
+                      run_defaults={"lr_actor": 1e-3, "lr_critic": 1e-3, "lr_entropy": 1e-3},
+                      summary="DroQ: SAC with dropout + layer-norm critics, for high update-to-data ratios"),
+    "crossq": Algorithm("crossq", CrossQConfig, "relayrl.algorithms.crossq:CrossQAgent",
+                        "relayrl.algorithms.sac:actor_factory", "relayrl.algorithms.sac:check_spaces",
+                        summary="CrossQ: SAC with batch-normalised critics and no target networks "
+                                "(the most return per update)"),
 }
-"""The built-in algorithms. SAC's ``run_defaults`` are RL Baselines3 Zoo's learning rates for
-Pendulum-v1, ``relayrl train``'s default environment."""
+"""The built-in algorithms. SAC's and TD3's ``run_defaults`` are RL Baselines3 Zoo's learning rates
+for Pendulum-v1, ``relayrl train``'s default environment (1e-3, also SB3's TD3 default)."""
 
 
 DEFAULT_ALGORITHM = "sac"
@@ -110,7 +129,8 @@ def get_algorithm(name: str) -> Algorithm:
 
 
 _LAZY = {"SACAgent": "relayrl.algorithms.sac", "MLPActor": "relayrl.algorithms.networks",
-         "EnsembleCritic": "relayrl.algorithms.networks"}
+         "EnsembleCritic": "relayrl.algorithms.networks", "TD3Agent": "relayrl.algorithms.td3",
+         "DeterministicActor": "relayrl.algorithms.td3"}
 
 
 def __getattr__(name: str):

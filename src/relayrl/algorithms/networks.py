@@ -70,27 +70,28 @@ def tune_cpu_allocator(trim_threshold: int = 256 << 20, mmap_threshold: int = 32
 # ------------------------------------------------------------------------------------------------
 # spaces
 # ------------------------------------------------------------------------------------------------
-def check_vector_spaces(observation_space, action_space) -> tuple[int, int]:
-    """Return ``(obs_dim, act_dim)``; refuse what SAC (as written here) cannot handle."""
+def check_vector_spaces(observation_space, action_space, algorithm: str = "SAC") -> tuple[int, int]:
+    """Return ``(obs_dim, act_dim)``; refuse what the actor-critics written here (SAC, TD3) cannot
+    handle, with messages naming ``algorithm``."""
     from gymnasium import spaces
 
     if not isinstance(action_space, spaces.Box):
-        raise TypeError(f"SAC needs a continuous gymnasium.spaces.Box action space, got "
+        raise TypeError(f"{algorithm} needs a continuous gymnasium.spaces.Box action space, got "
                         f"{action_space!r}; discretise nothing, use a Box (or another algorithm)")
     if len(action_space.shape) != 1:
-        raise ValueError(f"SAC needs a 1-D Box action space, got shape {action_space.shape}; "
+        raise ValueError(f"{algorithm} needs a 1-D Box action space, got shape {action_space.shape}; "
                          f"flatten the actions with a wrapper")
     low, high = np.asarray(action_space.low, np.float64), np.asarray(action_space.high, np.float64)
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
-        raise ValueError(f"SAC squashes actions into the Box bounds, which must be finite with "
+        raise ValueError(f"{algorithm} squashes actions into the Box bounds, which must be finite with "
                          f"high > low; got low={action_space.low}, high={action_space.high}. "
                          f"Wrap the environment with bounded actions (e.g. RescaleAction)")
     if not isinstance(observation_space, spaces.Box):
-        raise TypeError(f"SAC needs vector observations (a 1-D gymnasium.spaces.Box), got "
+        raise TypeError(f"{algorithm} needs vector observations (a 1-D gymnasium.spaces.Box), got "
                         f"{observation_space!r}; flatten them, e.g. with gymnasium's "
                         f"FlattenObservation wrapper")
     if len(observation_space.shape) != 1:
-        raise ValueError(f"SAC needs vector observations (a 1-D Box), got an observation space of "
+        raise ValueError(f"{algorithm} needs vector observations (a 1-D Box), got an observation space of "
                          f"shape {observation_space.shape}; flatten them, e.g. with gymnasium's "
                          f"FlattenObservation wrapper")
     return int(observation_space.shape[0]), int(action_space.shape[0])
@@ -220,7 +221,8 @@ class EnsembleCritic(nn.Module):
     such degenerate shapes (``k = 1`` outer products in the backward pass cost 15x more).
 
     Options for the regularised critics of DroQ and CrossQ, applied in each hidden layer after its
-    linear map and before the ReLU, each member with its own parameters and statistics:
+    linear map and before the ReLU (after the ReLU with ``norm_after_activation``, CrossQ's order),
+    each member with its own parameters and statistics:
     ``dropout`` (the probability, active in ``train()`` mode only), ``layer_norm`` (normalised over
     the features, with a learned per-member scale and shift) and ``batch_norm`` (normalised over the
     batch with running statistics for ``eval()`` mode, ``batch_norm_momentum`` their update rate).
@@ -229,7 +231,8 @@ class EnsembleCritic(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int] = (256, 256),
                  n: int = 2, *, dropout: float = 0.0, layer_norm: bool = False,
-                 batch_norm: bool = False, batch_norm_momentum: float = 0.01, eps: float = 1e-5):
+                 batch_norm: bool = False, batch_norm_momentum: float = 0.01, eps: float = 1e-5,
+                 norm_after_activation: bool = False):
         super().__init__()
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
@@ -240,6 +243,7 @@ class EnsembleCritic(nn.Module):
         self.n = n
         self.dropout, self.layer_norm, self.batch_norm = float(dropout), bool(layer_norm), bool(batch_norm)
         self.batch_norm_momentum, self.eps = float(batch_norm_momentum), float(eps)
+        self.norm_after_activation = bool(norm_after_activation)
         sizes = [obs_dim + act_dim, *map(int, hidden_sizes), 1]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -289,25 +293,36 @@ class EnsembleCritic(nn.Module):
             h = torch.addcmul(shift, h, scale)
         return h
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, detach_params: bool = False,
+                members: torch.Tensor | None = None) -> torch.Tensor:
         """Q-values ``(n, B)`` of ``(obs, action)`` (both ``(B, ·)``).
 
         ``detach_params=True`` lets gradients flow to the inputs only (for the actor loss).
+        ``members`` (a 1-D index tensor, plain critics only) evaluates only those members, giving
+        ``(len(members), B)``: REDQ's random subset of target critics, at that subset's cost.
         """
         x = torch.cat((obs, action), dim=-1)
-        h = x.unsqueeze(0).expand(self.n, *x.shape)
         layers = self._layers
+        if members is not None:
+            if not self._plain:
+                raise ValueError("members= is for plain critics (no dropout or normalisation)")
+            layers = tuple((w[members], b[members]) for w, b in layers)
+        n = layers[0][0].shape[0]
+        h = x.unsqueeze(0).expand(n, *x.shape)
         if detach_params:
             layers = tuple((w.detach(), b.detach()) for w, b in layers)
         *hidden, (w_out, b_out) = layers
         for i, (w, b) in enumerate(hidden):
             h = torch.baddbmm(b, h, w)
+            if self.norm_after_activation:  # linear -> ReLU -> dropout/norm (CrossQ's order)
+                h = self._regularise(h.relu_(), i, detach_params)
+                continue
             if not self._plain:
                 h = self._regularise(h, i, detach_params)
             h = h.relu_()  # in place: neither baddbmm's nor the norms' backward needs this output
         # (n, B, H) * (n, 1, H) summed over H, plus the (n, 1) bias
         q = torch.mul(h, w_out.transpose(1, 2)).sum(dim=-1)
-        return q + b_out.view(self.n, 1)
+        return q + b_out.view(n, 1)
 
 
 # ------------------------------------------------------------------------------------------------

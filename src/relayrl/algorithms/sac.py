@@ -73,32 +73,40 @@ class SACAgent(TrainingAgent):
     ``(B,)``.
     """
 
+    config_class: type = SACConfig
+    """The settings dataclass (a variant's is a subclass of :class:`SACConfig`)."""
+
     def __init__(self, observation_space, action_space, device: str | torch.device = "cpu",
                  config: SACConfig | None = None, **config_overrides: Any):
         super().__init__(observation_space, action_space, device)
         obs_dim, act_dim = check_vector_spaces(observation_space, action_space)
+        config_class = type(self).config_class
         if config is None:
-            config = SACConfig(**config_overrides)
+            config = config_class(**config_overrides)
+        elif not isinstance(config, config_class):
+            raise TypeError(f"config must be a {config_class.__name__}, got {type(config).__name__}")
         elif config_overrides:
-            known = {f.name for f in fields(SACConfig)}
+            known = {f.name for f in fields(config_class)}
             unknown = sorted(set(config_overrides) - known)
             if unknown:
-                raise TypeError(f"unknown SACConfig field(s) {unknown}; known: {sorted(known)}")
-            config = SACConfig(**{**asdict(config), **config_overrides})
-        elif not isinstance(config, SACConfig):
-            raise TypeError(f"config must be a SACConfig, got {type(config).__name__}")
+                raise TypeError(f"unknown {config_class.__name__} field(s) {unknown}; known: {sorted(known)}")
+            config = config_class(**{**asdict(config), **config_overrides})
         self.config = config
         dev = self.device
         if config.tune_allocator and dev.type == "cpu":
             tune_cpu_allocator()
 
         self.actor = MLPActor(observation_space, action_space, config.hidden_sizes).to(dev)
-        self.critic = EnsembleCritic(obs_dim, act_dim, config.hidden_sizes).to(dev)
-        self.critic_target = EnsembleCritic(obs_dim, act_dim, config.hidden_sizes).to(dev)
-        self.critic_target.load_state_dict(self.critic.state_dict())
-        self.critic_target.requires_grad_(False)
+        self.critic = self.make_critic(obs_dim, act_dim).to(dev)
+        self.critic_target = self.make_critic(obs_dim, act_dim).to(dev) if self.uses_target else None
         self._online_params = list(self.critic.parameters())
-        self._target_params = list(self.critic_target.parameters())
+        self._target_params: list[torch.Tensor] = []
+        if self.critic_target is not None:
+            self.critic_target.load_state_dict(self.critic.state_dict())
+            self.critic_target.requires_grad_(False)
+            self._target_params = list(self.critic_target.parameters())
+        self.actor_update_interval = int(getattr(config, "actor_update_interval", 1))
+        self._last_actor_losses: tuple | None = None
 
         self.target_entropy = float(-act_dim if config.target_entropy is None else config.target_entropy)
         start_alpha = config.initial_alpha if config.learn_entropy_coef else config.alpha
@@ -117,6 +125,11 @@ class SACAgent(TrainingAgent):
 
         self.parallel_update = (dev.type == "cpu" and available_cores() >= 2
                                 if config.parallel_update is None else config.parallel_update)
+        if self.parallel_update and not type(self).supports_parallel_update:
+            if config.parallel_update:
+                raise ValueError(f"{type(self).__name__}'s update is serial: set parallel_update to "
+                                 "false or leave it unset")
+            self.parallel_update = False
         # Parallel mode: the critic step runs in this one-thread pool while the caller's thread
         # does the actor step; each side draws its noise from its own generator (seeded from
         # torch's global one), so the draws do not depend on how the threads interleave.
@@ -137,6 +150,27 @@ class SACAgent(TrainingAgent):
         self._act_inv_scale = (1.0 / self.actor.action_scale).clone()
         self._act_shift = (-self.actor.action_bias * self._act_inv_scale).clone()
 
+    # --- what variants change (REDQ, DroQ, CrossQ subclass this agent) --------------------------
+    uses_target: bool = True
+    """Whether the agent keeps polyak-averaged target critics (CrossQ does not)."""
+
+    supports_parallel_update: bool = True
+    """Whether the two-thread update applies (CrossQ's steps share batch statistics: it does not)."""
+
+    def make_critic(self, obs_dim: int, act_dim: int) -> EnsembleCritic:
+        """The critic ensemble (and, as a copy, its target): SAC's twin plain MLPs."""
+        return EnsembleCritic(obs_dim, act_dim, self.config.hidden_sizes)
+
+    def policy_q(self, q_pi: torch.Tensor) -> torch.Tensor:
+        """The critics' ``(n, B)`` values of the policy's actions, reduced to the ``(B,)`` value the
+        actor maximises: their minimum here (REDQ takes the mean of its ensemble)."""
+        return q_pi.amin(dim=0)
+
+    def actor_step_due(self) -> bool:
+        """Whether this update also steps the actor and alpha: every ``actor_update_interval``-th
+        update (1: every update)."""
+        return (self.updates + 1) % self.actor_update_interval == 0
+
     # --- the update ------------------------------------------------------------------------------
     def unscale_action(self, action: torch.Tensor) -> torch.Tensor:
         """Environment-unit actions -> the squashed [-1, 1] space the networks work in."""
@@ -153,38 +187,63 @@ class SACAgent(TrainingAgent):
 
     def compute_target(self, rew: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
                        alpha: torch.Tensor | float | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None,
+                       discounts: torch.Tensor | None = None) -> torch.Tensor:
         """The critics' regression target ``y`` (shape ``(B,)``), without gradients.
 
         Only ``terminated`` stops bootstrapping; a truncated transition bootstraps like any other.
+        ``discounts`` (the batch's per-transition ``gamma ** n`` of n-step returns) replaces
+        ``gamma`` when given.
         """
         if alpha is None:
             alpha = self._alpha()
         with torch.no_grad():
             next_action, next_logprob = self.actor(next_obs, generator=generator)
-            q_next = self.critic_target(next_obs, next_action).amin(dim=0)
+            q_next = self._target_q(next_obs, next_action, generator)
             soft_value = q_next - alpha * next_logprob
             not_done = 1.0 - terminated.to(soft_value.dtype)  # (a no-op when already float)
-            return torch.addcmul(rew, not_done.mul_(self._gamma), soft_value)
+            not_done = not_done.mul_(self._gamma) if discounts is None else not_done.mul_(discounts)
+            return torch.addcmul(rew, not_done, soft_value)
+
+    def _target_q(self, next_obs: torch.Tensor, next_action: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """The bootstrapped value of ``(next_obs, next_action)`` before the entropy term: the
+        minimum over the target critics (REDQ takes a random subset, CrossQ its online critics)."""
+        return self.critic_target(next_obs, next_action).amin(dim=0)
 
     def train(self, batch) -> dict[str, float]:
-        if self.parallel_update:
+        actor_due = self.actor_step_due()
+        if self.parallel_update and actor_due:
             return self._train_parallel(batch)
         obs, act, rew, next_obs, terminated, _truncated = batch
         alpha = self._alpha()  # this step's alpha: the value before its update, as in SB3
 
         # critics
-        target = self.compute_target(rew, next_obs, terminated, alpha)
-        q, loss_critic = self._critic_loss(obs, act, target)
+        target = self.compute_target(rew, next_obs, terminated, alpha, self._gen_target,
+                                     getattr(batch, "discounts", None))
+        q, loss_critic = self._critic_loss(obs, act, target, batch)
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss_critic.backward()
         self.critic_optimizer.step()
 
         # actor (+ entropy coefficient) against the updated critics
-        loss_actor, loss_entropy, logprob_mean = self._actor_backward(obs, alpha)
-        self._actor_step()
+        actor_losses = (self._actor_update(obs, alpha, self._gen_policy) if actor_due
+                        else self._skipped_actor_losses())
         self._after_critic_step()
-        return self._metrics(loss_critic, loss_actor, loss_entropy, alpha, q, target, logprob_mean)
+        return self._metrics(loss_critic, *actor_losses, alpha, q, target)
+
+    def _actor_update(self, obs, alpha, generator=None) -> tuple:
+        losses = self._actor_backward(obs, alpha, generator)
+        self._actor_step()
+        self._last_actor_losses = losses
+        return losses
+
+    def _skipped_actor_losses(self) -> tuple:
+        """The losses reported on an update that does not step the actor: the last actor step's
+        (zeros before the first one)."""
+        if self._last_actor_losses is None:
+            return self._zero, self._zero, self._zero
+        return self._last_actor_losses
 
     def _train_parallel(self, batch) -> dict[str, float]:
         """The same losses, with the critic step in the pool thread and the actor step here.
@@ -200,10 +259,11 @@ class SACAgent(TrainingAgent):
 
         def critic_side():
             try:
-                target = self.compute_target(rew, next_obs, terminated, alpha, self._gen_target)
+                target = self.compute_target(rew, next_obs, terminated, alpha, self._gen_target,
+                                             getattr(batch, "discounts", None))
             finally:
                 target_done.set()
-            q, loss_critic = self._critic_loss(obs, act, target)
+            q, loss_critic = self._critic_loss(obs, act, target, batch)
             self.critic_optimizer.zero_grad(set_to_none=True)
             loss_critic.backward()
             actor_backward_done.wait()
@@ -219,20 +279,24 @@ class SACAgent(TrainingAgent):
             self._actor_step()
             return losses
 
-        (q, loss_critic, target), (loss_actor, loss_entropy, logprob_mean) = self._threads.run(
+        (q, loss_critic, target), actor_losses = self._threads.run(
             critic_side, actor_side, release=actor_backward_done.set)
+        self._last_actor_losses = actor_losses
         self._after_critic_step()
-        return self._metrics(loss_critic, loss_actor, loss_entropy, alpha, q, target, logprob_mean)
+        return self._metrics(loss_critic, *actor_losses, alpha, q, target)
 
-    def _critic_loss(self, obs, act, target):
+    def _critic_loss(self, obs, act, target, batch=None):
+        """``0.5 * sum_i mse(Q_i(s, a), y)``; with the batch's importance ``weights`` (prioritized
+        replay) each sample's error is weighted, and the per-sample ``|y - mean_i Q_i|`` goes back
+        through ``batch.report_td_errors`` when the batch has it."""
         q = self.critic(obs, self.unscale_action(act))
-        return q, (q - target).square().mean()  # = 0.5 * (mse(Q1, y) + mse(Q2, y))
+        return q, critic_regression_loss(q, target, batch)
 
     def _actor_backward(self, obs, alpha, generator=None):
         """Actor (+ entropy coefficient) losses through the critics' current weights, and their
         gradients."""
         action_pi, logprob = self.actor(obs, generator=generator)
-        q_pi = self.critic(obs, action_pi, detach_params=True).amin(dim=0)
+        q_pi = self.policy_q(self.critic(obs, action_pi, detach_params=True))
         loss_actor = (alpha * logprob - q_pi).mean()
         logprob_mean = logprob.detach().mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
@@ -252,10 +316,10 @@ class SACAgent(TrainingAgent):
 
     def _after_critic_step(self) -> None:
         self.updates += 1
-        if self.updates % self.config.target_update_interval == 0:
+        if self.critic_target is not None and self.updates % self.config.target_update_interval == 0:
             self.polyak_update()
 
-    def _metrics(self, loss_critic, loss_actor, loss_entropy, alpha, q, target, logprob_mean):
+    def _metrics(self, loss_critic, loss_actor, loss_entropy, logprob_mean, alpha, q, target):
         values = torch.stack((loss_critic.detach(), loss_actor.detach(), loss_entropy.detach(),
                               alpha, q.detach().mean(), target.mean(), logprob_mean)).tolist()
         return dict(zip(METRIC_KEYS, values))
@@ -277,13 +341,16 @@ class SACAgent(TrainingAgent):
         return {
             "actor": self.actor.state_dict(),
             "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
+            "critic_target": {} if self.critic_target is None else self.critic_target.state_dict(),
             "log_alpha": self.log_alpha.detach().clone(),
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "critic_optimizer": self.critic_optimizer.state_dict(),
             "entropy_optimizer": ({} if self.entropy_optimizer is None
                                   else self.entropy_optimizer.state_dict()),
             "updates": int(self.updates),
+            # what updates without an actor step report (actor_update_interval > 1)
+            "last_actor_losses": ([] if self._last_actor_losses is None
+                                  else [float(v.detach()) for v in self._last_actor_losses]),
             # the parallel update's noise generators (empty in the serial mode, which uses torch's
             # global generator)
             "generators": ({} if self._gen_target is None else
@@ -298,7 +365,8 @@ class SACAgent(TrainingAgent):
             raise ValueError(f"not a SACAgent state: missing {missing}")
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
+        if self.critic_target is not None:
+            self.critic_target.load_state_dict(state["critic_target"])
         with torch.no_grad():
             self.log_alpha.copy_(torch.as_tensor(state["log_alpha"]))
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
@@ -306,10 +374,29 @@ class SACAgent(TrainingAgent):
         if self.entropy_optimizer is not None and state.get("entropy_optimizer"):
             self.entropy_optimizer.load_state_dict(state["entropy_optimizer"])
         self.updates = int(state["updates"])
+        last = state.get("last_actor_losses")
+        self._last_actor_losses = (tuple(torch.tensor(float(v), device=self.device) for v in last)
+                                   if last is not None and len(last) == 3 else None)
         generators = state.get("generators") or {}
         if self._gen_target is not None and generators:
             self._gen_target.set_state(torch.as_tensor(generators["target"], dtype=torch.uint8).cpu())
             self._gen_policy.set_state(torch.as_tensor(generators["policy"], dtype=torch.uint8).cpu())
+
+
+def critic_regression_loss(q: torch.Tensor, target: torch.Tensor, batch=None) -> torch.Tensor:
+    """The critics' loss for ``q`` (``(n_critics, B)``) against ``target`` (``(B,)``):
+    ``mean over samples and critics of (q - y)^2`` (= ``0.5 * sum_i mse`` for 2 critics), each
+    sample weighted by ``batch.weights`` when the batch carries importance weights; the per-sample
+    ``|y - mean_i Q_i|`` is handed to ``batch.report_td_errors`` when the batch has that hook
+    (prioritized replay, see :mod:`relayrl.memory`)."""
+    error = q - target
+    report = getattr(batch, "report_td_errors", None)
+    if callable(report):
+        report(error.detach().mean(dim=0).abs())
+    weights = getattr(batch, "weights", None)
+    if weights is None:
+        return error.square().mean()
+    return (error.square().mean(dim=0) * weights).mean()
 
 
 # ------------------------------------------------------------------------------------------------
