@@ -149,6 +149,36 @@ def test_start_training_gates_on_memory_length_and_batch_size():
     assert min(lengths) >= 16  # never sampled from a memory smaller than a batch
 
 
+def test_ratio_from_start_starts_at_one_update_per_new_sample():
+    """tmrl's counting (the default) lets the warm-up samples be caught up at once; with
+    ratio_from_start the cap counts only the samples after start_training."""
+    assert not TrainingOffline.ratio_from_start  # tmrl's counting stays the wrapper's default
+    t = make(start_training=30, batch_size=4)
+    t.memory.append(make_buffer(30))
+    t.total_samples = 30
+    t.total_updates = 29
+    assert t.training_allowed()          # tmrl: 29 updates on the 30 warm-up samples are fine
+    t.ratio_from_start = True
+    assert not t.training_allowed()      # from start_training on: none yet
+    t.total_updates = 0
+    assert t.training_allowed()
+    t.total_updates, t.total_samples = 6, 35
+    assert t.training_allowed() is False  # 6 updates > 1.0 x (35 - 30)
+    t.total_updates = 5
+    assert t.training_allowed()
+
+
+def test_ratio_from_start_in_the_loop_never_front_loads():
+    t = make(steps=40, start_training=30, batch_size=4, update_buffer_interval=1)
+    t.ratio_from_start = True
+    seen = []
+    original = t.agent.train
+    t.agent.train = lambda batch: (seen.append((t.total_updates + 1, t.total_samples)), original(batch))[1]
+    t.run_epoch(ScriptedInterface(t, per_pull=1))
+    assert len(seen) == 40
+    assert all(updates <= samples - 30 + 1 for updates, samples in seen)
+
+
 def test_start_training_larger_than_capacity_is_refused():
     with pytest.raises(ValueError, match="start_training.*capacity"):
         make(start_training=5000, capacity=1000)

@@ -192,3 +192,34 @@ def test_make_env_is_still_importable_from_the_worker_module():
     from relayrl.envs import make_env as envs_make_env
 
     assert make_env is envs_make_env
+
+
+def test_random_steps_take_uniform_actions_first_then_the_policy_and_never_in_tests():
+    conn = FakeConnection()
+    w = make_worker(conn, test_episode_interval=1, random_steps=13, seed=3)
+    w.run(max_episodes=2)  # 2 training episodes of 10 steps, each followed by a test episode
+    actions = np.concatenate([b.act for b in conn.buffers])[:, 0]
+    assert len(actions) == 20
+    assert np.all(actions[:13] != 0.0) and len(set(actions[:13].tolist())) == 13  # uniform draws
+    assert np.all((actions[:13] >= -1.0) & (actions[:13] <= 1.0))
+    assert np.all(actions[13:] == 0.0)  # the (constant) policy afterwards
+    # the policy acted in the test episodes and in the 7 training steps after the random ones
+    assert w.actor.tests.count(True) == 20 and w.actor.tests.count(False) == 7
+    # seeded: the same draws again
+    again = FakeConnection()
+    make_worker(again, test_episode_interval=0, random_steps=13, seed=3).run(max_episodes=2)
+    assert np.array_equal(np.concatenate([b.act for b in again.buffers])[:13, 0], actions[:13])
+
+
+def test_random_steps_are_validated():
+    with pytest.raises(ValueError, match="random_steps"):
+        make_worker(FakeConnection(), random_steps=-1)
+
+
+def test_random_steps_are_split_among_local_workers_and_not_repeated_on_resume():
+    from relayrl.roles.common import split_random_steps
+
+    assert split_random_steps(10_000, 0, 3) == [3334, 3333, 3333]
+    assert split_random_steps(10_000, 9_000, 2) == [500, 500]
+    assert split_random_steps(10_000, 12_000, 2) == [0, 0]
+    assert sum(split_random_steps(7, 0, 4)) == 7

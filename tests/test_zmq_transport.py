@@ -427,6 +427,15 @@ def test_credit_rule_allowance_is_max_of_initial_and_updates_times_rate_plus_sla
     assert CreditRule(0.25, 0, 1).allowance(1) == 2
 
 
+def test_credit_rule_on_top_of_the_warm_up_when_the_ratio_counts_from_start_training():
+    from relayrl.transport.credits import CreditRule
+
+    rule = CreditRule(env_steps_per_update=1.0, initial_samples=100, slack_samples=5, on_top_of_initial=True)
+    assert rule.allowance(0) == 105
+    assert rule.allowance(30) == 135          # 100 + 30 + 5: the trainer needs 100 + updates samples
+    assert CreditRule(1.0, 100, 5).allowance(30) == 105  # max(100, 30) + 5 would starve it
+
+
 def test_credit_rule_shares_what_remains_among_the_active_workers():
     from relayrl.transport.credits import CreditRule
 
