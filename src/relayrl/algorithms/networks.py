@@ -103,23 +103,22 @@ def check_vector_spaces(observation_space, action_space, algorithm: str = "SAC")
 # ------------------------------------------------------------------------------------------------
 # the policy
 # ------------------------------------------------------------------------------------------------
-class MLPActor(ActorModule):
-    """Tanh-squashed Gaussian policy: ``a = tanh(mu + std * eps)``, rescaled to the Box bounds.
+class BoxMLPPolicy(ActorModule):
+    """What the MLP policies for Box actions share: the layers, the action bounds, and the
+    one-observation path of ``act``.
 
-    ``forward`` works in the squashed space [-1, 1] (what the learner needs); ``act`` returns
-    environment actions. ``weights()`` holds only the network parameters: the rescaling is derived
-    from the action space.
+    Weights are stored (in, out) and applied with addmm, whose weight gradient is then
+    input^T @ grad: BLAS runs that shape several times faster than nn.Linear's grad^T @ input for
+    the skinny first layer. Initialised like nn.Linear. ``weights()`` holds only the network
+    parameters: the rescaling is derived from the action space.
     """
 
-    def __init__(self, observation_space, action_space, hidden_sizes: Sequence[int] = (256, 256)):
+    def __init__(self, observation_space, action_space, hidden_sizes: Sequence[int], out_dim: int,
+                 algorithm: str = "SAC"):
         super().__init__(observation_space, action_space)
-        obs_dim, act_dim = check_vector_spaces(observation_space, action_space)
+        obs_dim, act_dim = check_vector_spaces(observation_space, action_space, algorithm)
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        # Weights are stored (in, out) and applied with addmm, whose weight gradient is then
-        # input^T @ grad: BLAS runs that shape several times faster than nn.Linear's grad^T @ input
-        # for the skinny first layer. Initialised like nn.Linear. The last layer outputs the mean
-        # and the log-std together (one matmul for both).
-        sizes = [obs_dim, *map(int, hidden_sizes), 2 * act_dim]
+        sizes = [obs_dim, *map(int, hidden_sizes), out_dim]
         self.kernels = nn.ParameterList()
         self.biases = nn.ParameterList()
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
@@ -132,7 +131,6 @@ class MLPActor(ActorModule):
         self.register_buffer("action_bias", (high + low) / 2.0, persistent=False)
         self.register_buffer("action_low", low, persistent=False)
         self.register_buffer("action_high", high, persistent=False)
-        self._logprob_const = act_dim * (_HALF_LOG_2PI + 2.0 * _LOG_2)
         self._refresh_layers()
 
     def _refresh_layers(self) -> None:
@@ -145,6 +143,38 @@ class MLPActor(ActorModule):
         out = super()._apply(fn, *args, **kwargs)
         self._refresh_layers()  # .to()/.cuda() may replace the parameter objects
         return out
+
+    def scale_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Squashed [-1, 1] actions -> environment units."""
+        return torch.addcmul(self.action_bias, action, self.action_scale)
+
+    def _observation_row(self, obs) -> torch.Tensor:
+        """One observation as a ``(1, obs_dim)`` float32 tensor on the policy's device."""
+        array = np.asarray(obs, dtype=np.float32)
+        if not array.flags.writeable:  # torch.from_numpy warns on read-only arrays
+            array = array.copy()
+        x = torch.from_numpy(array).reshape(1, -1)
+        return x if self._on_cpu else x.to(self.action_scale.device)
+
+    def _environment_action(self, squashed: torch.Tensor) -> np.ndarray:
+        """A ``(1, act_dim)`` squashed action -> one float32 environment action within the bounds
+        (tanh may round to exactly +-1 and the rescale then overshoot a bound by an ulp)."""
+        action = torch.clamp(self.scale_action(squashed), self.action_low, self.action_high)
+        return action.reshape(-1).cpu().numpy()
+
+
+class MLPActor(BoxMLPPolicy):
+    """Tanh-squashed Gaussian policy: ``a = tanh(mu + std * eps)``, rescaled to the Box bounds.
+
+    ``forward`` works in the squashed space [-1, 1] (what the learner needs); ``act`` returns
+    environment actions. The last layer outputs the mean and the log-std together (one matmul for
+    both).
+    """
+
+    def __init__(self, observation_space, action_space, hidden_sizes: Sequence[int] = (256, 256)):
+        act_dim = int(np.prod(getattr(action_space, "shape", None) or (0,)))
+        super().__init__(observation_space, action_space, hidden_sizes, 2 * act_dim)
+        self._logprob_const = self.act_dim * (_HALF_LOG_2PI + 2.0 * _LOG_2)
 
     def _dist(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and clamped log-std of the pre-tanh Gaussian, for a batch ``(B, obs_dim)``."""
@@ -185,25 +215,12 @@ class MLPActor(ActorModule):
         logprob = per_dim.sum(dim=-1) - self._logprob_const
         return action, logprob
 
-    def scale_action(self, action: torch.Tensor) -> torch.Tensor:
-        """Squashed [-1, 1] actions -> environment units."""
-        return torch.addcmul(self.action_bias, action, self.action_scale)
-
     def act(self, obs, test: bool = False) -> np.ndarray:
         """One environment action (float32, within the Box bounds) for one observation."""
-        array = np.asarray(obs, dtype=np.float32)
-        if not array.flags.writeable:  # torch.from_numpy warns on read-only arrays
-            array = array.copy()
-        x = torch.from_numpy(array).reshape(1, -1)
         with torch.no_grad():
-            if not self._on_cpu:
-                x = x.to(self.action_scale.device)
-            mu, log_std = self._dist(x)
+            mu, log_std = self._dist(self._observation_row(obs))
             u = mu if test else torch.addcmul(mu, log_std.exp_(), torch.randn_like(mu))
-            action = torch.addcmul(self.action_bias, u.tanh_(), self.action_scale)
-            # tanh may round to exactly +-1 and the rescale then overshoot the bound by an ulp
-            action = torch.clamp(action, self.action_low, self.action_high)
-            return action.reshape(-1).cpu().numpy()
+            return self._environment_action(u.tanh_())
 
 
 # ------------------------------------------------------------------------------------------------

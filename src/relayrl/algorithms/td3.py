@@ -46,11 +46,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..actor import ActorModule
 from ..system import available_cores
 from ..training import TrainingAgent
 from .configs import TD3Config
-from .networks import EnsembleCritic, check_vector_spaces, fused_adam, tune_cpu_allocator
+from .networks import BoxMLPPolicy, EnsembleCritic, check_vector_spaces, fused_adam, tune_cpu_allocator
 from .two_threads import TwoThreads
 
 __all__ = ["TD3Config", "DeterministicActor", "TD3Agent", "METRIC_KEYS", "actor_factory", "check_spaces"]
@@ -73,7 +72,7 @@ METRIC_KEYS = ("loss_critic", "loss_actor", "q_mean", "q_target_mean", "td_error
 # ------------------------------------------------------------------------------------------------
 # the policy
 # ------------------------------------------------------------------------------------------------
-class DeterministicActor(ActorModule):
+class DeterministicActor(BoxMLPPolicy):
     """Deterministic policy: a ReLU MLP, ``tanh``, rescaled to the Box bounds.
 
     ``forward`` returns squashed [-1, 1] actions (what the learner needs); ``act`` returns
@@ -86,36 +85,12 @@ class DeterministicActor(ActorModule):
 
     def __init__(self, observation_space, action_space, hidden_sizes: Sequence[int] = (256, 256),
                  exploration_noise: float = 0.1):
-        super().__init__(observation_space, action_space)
-        obs_dim, act_dim = check_vector_spaces(observation_space, action_space, "TD3")
         noise = float(exploration_noise)
         if not (math.isfinite(noise) and noise >= 0.0):
             raise ValueError(f"exploration_noise must be a finite number >= 0, got {exploration_noise!r}")
-        self.obs_dim, self.act_dim, self.exploration_noise = obs_dim, act_dim, noise
-        sizes = [obs_dim, *map(int, hidden_sizes), act_dim]
-        self.kernels = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            bound = 1.0 / math.sqrt(fan_in)
-            self.kernels.append(nn.Parameter(torch.empty(fan_in, fan_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(fan_out).uniform_(-bound, bound)))
-        low = torch.as_tensor(action_space.low, dtype=torch.float32)
-        high = torch.as_tensor(action_space.high, dtype=torch.float32)
-        self.register_buffer("action_scale", (high - low) / 2.0, persistent=False)
-        self.register_buffer("action_bias", (high + low) / 2.0, persistent=False)
-        self.register_buffer("action_low", low, persistent=False)
-        self.register_buffer("action_high", high, persistent=False)
-        self._refresh_layers()
-
-    def _refresh_layers(self) -> None:
-        # a plain tuple: iterating a ParameterList costs as much as the rest of a batch-1 act()
-        self._layers = tuple(zip(self.kernels, self.biases))
-        self._on_cpu = self.action_scale.device.type == "cpu"
-
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        self._refresh_layers()  # .to()/.cuda() may replace the parameter objects
-        return out
+        act_dim = int(np.prod(getattr(action_space, "shape", None) or (0,)))
+        super().__init__(observation_space, action_space, hidden_sizes, act_dim, "TD3")
+        self.exploration_noise = noise
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Squashed actions ``(B, act_dim)`` in [-1, 1] for a batch ``(B, obs_dim)`` (``(act_dim,)``
@@ -128,27 +103,15 @@ class DeterministicActor(ActorModule):
             h = torch.addmm(b, h, w).relu_()  # in place: addmm's backward needs no output
         return torch.addmm(b_out, h, w_out).tanh_()  # tanh's backward uses its output: in place is fine
 
-    def scale_action(self, action: torch.Tensor) -> torch.Tensor:
-        """Squashed [-1, 1] actions -> environment units."""
-        return torch.addcmul(self.action_bias, action, self.action_scale)
-
     def act(self, obs, test: bool = False) -> np.ndarray:
-        """One environment action (float32, within the Box bounds) for one observation."""
-        array = np.asarray(obs, dtype=np.float32)
-        if not array.flags.writeable:  # torch.from_numpy warns on read-only arrays
-            array = array.copy()
-        x = torch.from_numpy(array).reshape(1, -1)
+        """One environment action (float32, within the Box bounds) for one observation, with
+        Gaussian exploration noise unless ``test`` (clipping to the bounds clips the noisy action
+        to [-1, 1], the rescale being increasing)."""
         with torch.no_grad():
-            if not self._on_cpu:
-                x = x.to(self.action_scale.device)
-            a = self.forward(x)
+            a = self.forward(self._observation_row(obs))
             if not test and self.exploration_noise > 0.0:
                 a = a.add_(torch.randn_like(a), alpha=self.exploration_noise)
-            action = torch.addcmul(self.action_bias, a, self.action_scale)
-            # clipping to the bounds clips the noisy action to [-1, 1] (the rescale is increasing),
-            # and catches the ulp by which the rescale of an exact +-1 may overshoot a bound
-            action = torch.clamp(action, self.action_low, self.action_high)
-            return action.reshape(-1).cpu().numpy()
+            return self._environment_action(a)
 
 
 def first_critic_q(critic: EnsembleCritic, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
