@@ -590,3 +590,20 @@ def test_regularised_critic_refuses_contradictory_options():
         EnsembleCritic(3, 1, layer_norm=True, batch_norm=True)
     with pytest.raises(ValueError, match="dropout must be in"):
         EnsembleCritic(3, 1, dropout=1.0)
+
+
+def test_alpha_set_while_it_is_learned_is_refused_not_ignored():
+    with pytest.raises(ValueError, match="initial_alpha=0.5"):
+        SACConfig(alpha=0.5)
+    assert SACConfig(alpha=0.5, learn_entropy_coef=False).fixed_alpha == 0.5
+    assert SACConfig(learn_entropy_coef=False).fixed_alpha == 0.2
+    agent = make_agent(learn_entropy_coef=False)
+    assert agent.entropy_coef == pytest.approx(0.2)
+    assert make_agent(initial_alpha=0.5).entropy_coef == pytest.approx(0.5)
+
+
+def test_alpha_from_the_command_line_while_learned_names_the_fix(capsys):
+    from relayrl.cli import main
+
+    assert main(["train", "--sac.alpha", "0.5", "--print-config"]) != 0
+    assert "initial_alpha" in capsys.readouterr().err

@@ -46,11 +46,13 @@ class SACConfig:
     """Hidden layer widths of the actor and of each critic (ReLU MLPs)."""
 
     learn_entropy_coef: bool = True
-    """Tune alpha towards ``target_entropy`` (SB3's ``ent_coef="auto"``). If false, alpha stays
-    ``alpha``."""
+    """Tune alpha towards ``target_entropy`` (SB3's ``ent_coef="auto"``), starting at
+    ``initial_alpha``. If false, alpha stays ``alpha``."""
 
-    alpha: float = 0.2
-    """The fixed entropy coefficient, used when ``learn_entropy_coef`` is false."""
+    alpha: float | None = None
+    """The fixed entropy coefficient when ``learn_entropy_coef`` is false (omitted: 0.2, see
+    :attr:`fixed_alpha`). Setting it while alpha is learned is refused rather than ignored: the
+    start of a learned alpha is ``initial_alpha`` (tmrl's ``alpha`` with ``learn_entropy_coef``)."""
 
     initial_alpha: float = 1.0
     """Starting entropy coefficient when ``learn_entropy_coef`` is true. 1.0 is SB3's ``"auto"``
@@ -86,6 +88,11 @@ class SACConfig:
     15-20% more updates/s at the default sizes). Process-wide: up to 256 MB of freed memory then
     stays mapped in the process. Set this to false to leave ``malloc`` alone."""
 
+    @property
+    def fixed_alpha(self) -> float:
+        """The entropy coefficient of a run that does not learn it: ``alpha``, or 0.2."""
+        return 0.2 if self.alpha is None else float(self.alpha)
+
     def __post_init__(self) -> None:
         def bad(name: str, value: Any, fix: str) -> ValueError:
             return ValueError(f"SACConfig.{name}={value!r} is invalid: {fix}")
@@ -96,6 +103,8 @@ class SACConfig:
                 raise bad(name, value, "use a number in [0, 1]")
         for name in ("lr_actor", "lr_critic", "lr_entropy", "alpha", "initial_alpha"):
             value = getattr(self, name)
+            if name == "alpha" and value is None:
+                continue
             if not _is_real(value) or not value > 0.0 or not math.isfinite(value):
                 raise bad(name, value, "use a finite number > 0")
         try:
@@ -121,6 +130,10 @@ class SACConfig:
         if not isinstance(self.learn_entropy_coef, (bool, np.bool_)):
             raise bad("learn_entropy_coef", self.learn_entropy_coef, "use True or False")
         self.learn_entropy_coef = bool(self.learn_entropy_coef)
+        if self.learn_entropy_coef and self.alpha is not None:
+            raise bad("alpha", self.alpha, "alpha is the fixed coefficient and learn_entropy_coef is "
+                      f"true: set initial_alpha={self.alpha!r} to start the learned alpha there, or "
+                      "learn_entropy_coef=False to keep alpha fixed")
         if self.target_entropy is not None and (not _is_real(self.target_entropy)
                                                 or not math.isfinite(self.target_entropy)):
             raise bad("target_entropy", self.target_entropy,

@@ -109,11 +109,11 @@ class SACAgent(TrainingAgent):
         self._last_actor_losses: tuple | None = None
 
         self.target_entropy = float(-act_dim if config.target_entropy is None else config.target_entropy)
-        start_alpha = config.initial_alpha if config.learn_entropy_coef else config.alpha
+        start_alpha = config.initial_alpha if config.learn_entropy_coef else config.fixed_alpha
         self.log_alpha = torch.tensor(math.log(start_alpha), dtype=torch.float32, device=dev,
                                       requires_grad=config.learn_entropy_coef)
         self._fixed_alpha = (None if config.learn_entropy_coef
-                             else torch.tensor(config.alpha, dtype=torch.float32, device=dev))
+                             else torch.tensor(config.fixed_alpha, dtype=torch.float32, device=dev))
 
         betas = tuple(config.betas)
         self.actor_optimizer = fused_adam(self.actor.parameters(), config.lr_actor, betas,
