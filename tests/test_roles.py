@@ -335,6 +335,10 @@ def test_trainer_and_two_curve_workers_train_and_intruders_get_nothing(tmp_path,
                    f"policy version {final_version}")
         versions = worker_versions(w)
         assert versions == sorted(versions) and versions[0] < versions[-1], versions
+    for w in workers:  # the trainer announced the end of the run: each worker stopped by itself
+        assert w.wait(30) == 0, w.err()[-2000:]
+        assert f"worker {w.name}: the trainer announced the end of the run; stopping" in w.out()
+        assert "Traceback" not in w.err()
     assert "policy version" not in intruder.out() and intruder.popen.poll() is None
     # Whether the trainer's log shows the refusal depends on the intruder's handshake landing before
     # training ends (on an idle machine training can end first); what the intruder got is asserted above.
@@ -412,6 +416,7 @@ def test_relay_trainer_and_worker_three_roles(tmp_path, setup, start):
     final_version = trainer_version(trainer)
     worker.wait_for(lambda p: worker_versions(p) and worker_versions(p)[-1] == final_version, 20,
                     f"policy version {final_version}")
+    assert worker.wait(30) == 0 and "the trainer announced the end of the run" in worker.out()  # via the relay
     relay.wait_for(lambda p: [int(m.group(1)) for m in re.finditer(r"forwarded (\d+) buffers", p.out())][-1:] > [0],
                    10, "forwarded buffers")
 

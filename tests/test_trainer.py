@@ -102,12 +102,18 @@ def test_truncated_checkpoint_gives_clear_error(tmp_path):
         Trainer(cfg, progress=False, print_tables=False)
 
 
-def test_other_env_in_run_dir_is_refused(tmp_path):
+def test_other_env_in_run_dir_is_refused_with_the_run_dir_to_pass(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the suggested run directories are relative
     cfg = small_config(tmp_path / "run", epochs=1)
     run(Trainer(cfg, progress=False, print_tables=False))
     other = with_overrides(cfg, env="MountainCarContinuous-v0")
-    with pytest.raises(CheckpointError, match="another --run-dir"):
+    with pytest.raises(CheckpointError, match=r"holds a run on 'Pendulum-v1', not 'MountainCarContinuous-v0': "
+                       r"to train 'MountainCarContinuous-v0', pass --run-dir runs/MountainCarContinuous-v0 "
+                       r"\(or --env Pendulum-v1 to resume"):
         Trainer(other, progress=False, print_tables=False)
+    # the suggested directory works
+    assert Trainer(with_overrides(other, run_dir="runs/MountainCarContinuous-v0"), progress=False,
+                   print_tables=False).resumed_from is None
 
 
 def test_interrupt_saves_a_partial_checkpoint(tmp_path):

@@ -57,6 +57,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -92,6 +93,8 @@ __all__ = [
     "FORMAT",
     "SCHEMA_VERSION",
 ]
+
+log = logging.getLogger("relayrl.checkpoint")
 
 FORMAT = "relayrl-checkpoint"
 SCHEMA_VERSION = 2
@@ -534,8 +537,18 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     )
 
 
-def load_latest(directory: str | os.PathLike, *, mmap_mode: str | None = None) -> dict | None:
-    """Load the latest checkpoint of ``directory``; ``None`` if the directory holds no checkpoint."""
+def load_latest(directory: str | os.PathLike, *, mmap_mode: str | None = None,
+                fallback: bool = False) -> dict | None:
+    """Load the latest checkpoint of ``directory``; ``None`` if the directory holds no checkpoint.
+
+    A corrupt latest checkpoint, or a ``latest`` file that is unreadable or names a checkpoint that
+    is gone, raises :class:`CheckpointError`; with ``fallback``, the newest checkpoint that loads
+    is used instead, with a warning naming what was skipped (and a :class:`CheckpointError` that
+    says how to start afresh if none loads). A checkpoint of another schema version always raises.
+    """
+    directory = Path(directory)
+    if fallback:
+        return _load_newest_complete(directory, mmap_mode)
     path = latest_checkpoint(directory)
     if path is None:
         return None
@@ -544,10 +557,40 @@ def load_latest(directory: str | os.PathLike, *, mmap_mode: str | None = None) -
     except CheckpointError as e:
         if getattr(e, "schema_version", None) is not None:
             raise  # not corrupt, and removing it is not the advice: the message says what to do
-        directory = Path(directory)
         problem = getattr(e, "problem", None) or str(e)
         raise CheckpointError(
-            f"the latest checkpoint {path} is corrupt: {problem}. Remove it, or write the name of an "
-            f"older checkpoint into {directory / _LATEST} to resume from that one; other checkpoints "
-            f"here: {_others(directory, path.name)}"
+            f"the latest checkpoint {path} is corrupt: {problem}. To resume from an older one, write "
+            f"its name into {directory / _LATEST} (here: {_others(directory, path.name)})"
         ) from e
+
+
+def _load_newest_complete(directory: Path, mmap_mode: str | None) -> dict | None:
+    """``load_latest(..., fallback=True)``: the checkpoint ``latest`` names, else the newest that loads."""
+    skipped: list[str] = []
+    first: Path | None = None
+    try:
+        first = latest_checkpoint(directory)
+    except CheckpointError as e:  # latest unreadable, garbled, or naming a checkpoint that is gone
+        skipped.append(str(e))
+    good, bad = _scan(directory)
+    candidates = ([first] if first is not None else []) + [
+        directory / name for _, name in reversed(good) if first is None or name != first.name]
+    if not candidates and not bad and not skipped:
+        return None
+    for path in candidates:
+        try:
+            state = load_checkpoint(path, mmap_mode=mmap_mode)
+        except CheckpointError as e:
+            if getattr(e, "schema_version", None) is not None:
+                raise
+            skipped.append(f"{path} is corrupt: {getattr(e, 'problem', None) or e}")
+            continue
+        if skipped:
+            log.warning("%s; resuming from the newest complete checkpoint instead: %s (what was trained "
+                        "after it is trained again)", "; ".join(skipped), path)
+        return state
+    skipped += [f"{directory / n} is unreadable" for n in bad if str(directory / n) not in "; ".join(skipped)]
+    raise CheckpointError(
+        f"no complete checkpoint in {directory} ({'; '.join(skipped)}): to start the run afresh, delete "
+        f"{directory}"
+    )

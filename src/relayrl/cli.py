@@ -46,6 +46,23 @@ Existing keys are kept, so run it again with new names to add workers. Revoke a 
 its file in authorized_workers/."""
 
 
+PLOT_HELP = """\
+Draw learning curves: the mean return of each round's test episodes (deterministic policy, solid)
+and training episodes (dashed) against environment steps (total_samples) and, in a second panel,
+against wall-clock time (round_time summed), from each run's stats.jsonl (stats.csv if there is
+none). Several runs are overlaid, the legend naming each directory; runs whose config.json files
+differ only in seed and run_dir are seeds of one configuration, drawn as their mean with a min-max
+band. Writes RUN_DIR/learning_curve.png for one run, ./learning_curves.png for several (-o to
+choose). Needs matplotlib (.venv/bin/pip install matplotlib; scripts/setup.sh installs it)."""
+
+EVAL_HELP = """\
+Evaluate a run's latest saved policy: loads RUN_DIR/config.json (environment, algorithm, settings)
+and the weights the trainer saved last (RUN_DIR/actor.npz, written with every checkpoint; the
+newest checkpoint's if actor.npz is missing or older), runs N deterministic episodes (episode i
+reset with seed S + i) and prints the mean +- std, min and max of their return and length.
+--video DIR records the episodes as MP4 files (needs an environment that renders rgb_array frames
+and moviepy)."""
+
 # --- run flags, generated from the configuration dataclasses ------------------------------------
 # Every field of RunConfig and of its tables is a flag: top-level fields as --name (--run-dir),
 # table fields as --table.name (--training.epochs, --workers.env-steps-per-update, --sac.lr-actor);
@@ -198,17 +215,18 @@ def _add_run_flags(parser: argparse.ArgumentParser, local_workers: bool = True,
     add_config_flags(parser, {**RUN_ALIASES, **(LOCAL_ALIASES if local_workers else {}), **(extra_aliases or {})})
 
 
-def _print_config(config: RunConfig) -> None:
-    """The configuration as a TOML file that ``--config`` reads back."""
-    print(to_toml(config), end="")
+def _print_config(config: RunConfig, role: str = "train") -> None:
+    """The configuration as a TOML file that ``--config`` reads back (a derived run_dir as a comment)."""
+    print(to_toml(config, role=role), end="")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .roles.local_run import run_local
     config = build_config(args)
     if args.print_config:
-        _print_config(config)
+        _print_config(config, "train")
         return 0
+    config = config.with_run_dir("train")  # runs/<env> unless --run-dir
     rows = run_local(config, progress=not args.no_progress, print_tables=not args.quiet)
     if rows:
         print(done_line(rows, config.run_dir))
@@ -245,8 +263,9 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         setattr(args, "config:workers.env_steps_per_update", "none")
     config = build_config(args)
     if args.print_config:
-        _print_config(config)
+        _print_config(config, "trainer")
         return 0
+    config = config.with_run_dir("trainer")  # runs/<env>-trainer unless --run-dir
     plan = plan_trainer(args)  # addresses and keys are checked before anything heavy is built
     rows = run_trainer(config, plan, progress=not args.no_progress, print_tables=not args.quiet,
                        status_interval=args.status_interval)
@@ -270,11 +289,43 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .roles.key_setup import make_keys
-    for line in make_keys(args.dir, args.workers, relay=args.relay):
+    from .roles.key_setup import git_warnings, make_keys
+    lines = make_keys(args.dir, args.workers, relay=args.relay)
+    for line in git_warnings(args.dir):  # keys inside a git work tree
+        print(line, file=sys.stderr)
+    for line in lines:
         print(line)
     return 0
 
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_runs
+    path, drawn = plot_runs(args.run_dirs, args.output)
+    runs = sum(len(curve.run_dirs) for curve in drawn)
+    print(f"wrote {path} ({runs} run{'s' if runs != 1 else ''}, {len(drawn)} "
+          f"curve{'s' if len(drawn) != 1 else ''})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    result = evaluate(args.run_dir, episodes=args.episodes, seed=args.seed, video_dir=args.video,
+                      torch_threads=1)
+    print(result.summary())
+    return 0
+
+
+def _int_at_least(minimum: int):
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    convert.__name__ = "int"
+    return convert
 
 def _positive_float(text: str) -> float:
     value = float(text)
@@ -374,6 +425,27 @@ def _add_keys_parser(sub) -> None:
     p.set_defaults(func=cmd_keys)
 
 
+def _add_plot_parser(sub) -> None:
+    p = sub.add_parser("plot", help="draw the learning curves of runs (return against env steps and time)",
+                       description=PLOT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (their --run-dir)")
+    p.add_argument("-o", "--output", metavar="FILE.png", help="the picture to write (default: "
+                   "RUN_DIR/learning_curve.png for one run, ./learning_curves.png for several)")
+    p.set_defaults(func=cmd_plot)
+
+
+def _add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="run a run's latest policy for deterministic episodes and print the return",
+                       description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (its --run-dir)")
+    p.add_argument("--episodes", type=_int_at_least(1), default=10, metavar="N",
+                   help="episodes to run (default 10)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, metavar="S",
+                   help="episode i resets the environment with seed S + i (default 0)")
+    p.add_argument("--video", metavar="DIR", help="record the episodes as MP4 files in DIR (needs moviepy "
+                   "and an environment that renders rgb_array frames)")
+    p.set_defaults(func=cmd_eval)
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayrl", description="Asynchronous off-policy RL with "
                                      "rollout workers anywhere.")
@@ -387,6 +459,8 @@ def make_parser() -> argparse.ArgumentParser:
     _add_worker_parser(sub)
     _add_relay_parser(sub)
     _add_keys_parser(sub)
+    _add_plot_parser(sub)
+    _add_eval_parser(sub)
     return parser
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,9 +217,11 @@ class RunConfig:
     an Algorithm of your own. Its settings are the TOML table of the same name ([sac])."""
     seed: int = 0
     """Seeds torch, the memory's sampler and the workers (worker i uses seed + 1 + i)."""
-    run_dir: str = "runs/pendulum"
+    run_dir: str | None = None
     """Folder of checkpoints, statistics (CSV, JSONL) and TensorBoard events; rerunning the same
-    command resumes from its latest checkpoint."""
+    command resumes from its latest checkpoint. Omitted: derived from the environment and the
+    command, runs/<env> for relayrl train (runs/Pendulum-v1) and runs/<env>-trainer for relayrl
+    trainer (a "module:factory" environment gives a file-system-safe name)."""
     keep_checkpoints: int = 3
     """Checkpoints kept in run_dir (the newest ones)."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -239,6 +242,8 @@ class RunConfig:
                f"agent must be a {spec.config.__name__} for algorithm {self.algorithm!r}, got "
                f"{type(self.agent).__name__}")
         _check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
+        _check(self.run_dir is None or (isinstance(self.run_dir, str) and self.run_dir.strip() != ""),
+               f"run_dir must be a folder path (or omitted: derived from env), got {self.run_dir!r}")
         _check(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1,
                f"keep_checkpoints must be an integer >= 1, got {self.keep_checkpoints!r}")
         with _as_config_error():
@@ -275,6 +280,13 @@ class RunConfig:
             raise ValueError(f"{self.env}: {exc}") from None
         return obs_space, act_space
 
+    def with_run_dir(self, role: str = "train") -> "RunConfig":
+        """This configuration with ``run_dir`` set: itself if it is set, else a copy with the
+        default of ``role`` (:func:`default_run_dir`)."""
+        if self.run_dir is not None:
+            return self
+        return dataclasses.replace(self, run_dir=default_run_dir(self.env, role))
+
     def actor_factory(self):
         """The callable ``(observation_space, action_space) -> ActorModule`` of this run's policy."""
         return self.algorithm_spec.make_actor_factory(self.agent)
@@ -282,6 +294,27 @@ class RunConfig:
 
 SECTIONS = {"training": TrainingConfig, "memory": MemoryConfig, "workers": WorkersConfig}
 """The tables every run has; the algorithm's table is named after it."""
+
+#: The run directory's suffix per command (``relayrl train``, ``relayrl trainer``), so that the
+#: two never share a folder by default.
+RUN_DIR_SUFFIXES = {"train": "", "trainer": "-trainer"}
+
+
+def env_dir_name(env: str) -> str:
+    """A file-system-safe folder name for an environment: a gymnasium id stays as it is
+    (``Pendulum-v1``); anything but letters, digits, ``.``, ``_`` and ``-`` becomes ``-``
+    (``mypkg.envs:make_robot`` -> ``mypkg.envs-make_robot``, ``ALE/Pong-v5`` -> ``ALE-Pong-v5``)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(env))
+    name = re.sub(r"-{2,}", "-", name).strip("-.")[:100].rstrip("-.")
+    return name or "env"
+
+
+def default_run_dir(env: str, role: str = "train") -> str:
+    """The run directory of ``env`` when none is given: ``runs/<env>`` for ``relayrl train``,
+    ``runs/<env>-trainer`` for ``relayrl trainer``."""
+    if role not in RUN_DIR_SUFFIXES:
+        raise ValueError(f"role must be one of {sorted(RUN_DIR_SUFFIXES)}, got {role!r}")
+    return f"runs/{env_dir_name(env)}{RUN_DIR_SUFFIXES[role]}"
 
 
 def _optional(f: dataclasses.Field) -> bool:
@@ -330,6 +363,9 @@ def config_from_dict(data: dict[str, Any], where: str = "configuration") -> RunC
                 sections[key] = _build(SECTIONS[key], value, f"[{key}] of {where}")
         else:
             top[key] = value
+    run_fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    top = {k: (None if isinstance(v, str) and v.lower() == "none" and k in run_fields
+               and _optional(run_fields[k]) else v) for k, v in top.items()}
     names = {f.name for f in dataclasses.fields(RunConfig)} - set(SECTIONS) - {"agent"}
     unknown = sorted(set(top) - names)
     if unknown:
@@ -357,9 +393,11 @@ def load_config(path: str | Path) -> RunConfig:
     return config_from_dict(data, where=str(path))
 
 
-def to_toml(config: RunConfig) -> str:
+def to_toml(config: RunConfig, role: str | None = None) -> str:
     """The configuration as a TOML file that :func:`load_config` reads back (unset optional
-    values, which TOML cannot hold, are left out so they keep their automatic default)."""
+    values, which TOML cannot hold, are left out so they keep their automatic default). With
+    ``role`` (``"train"``, ``"trainer"``), an unset ``run_dir`` is shown as a comment with the
+    folder that command derives, so that the file keeps deriving it (for another env too)."""
     import tomli_w
 
     def clean(node, defaults):
@@ -378,7 +416,11 @@ def to_toml(config: RunConfig) -> str:
     data = clean(config.to_dict(), defaults)
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    return tomli_w.dumps({**scalars, **tables})
+    derived = ""
+    if config.run_dir is None and role is not None:
+        derived = (f'# run_dir = "{default_run_dir(config.env, role)}"  # derived from env by '
+                   f"'relayrl {role}'; set run_dir to use another folder\n")
+    return tomli_w.dumps(scalars) + derived + ("\n" + tomli_w.dumps(tables) if tables else "")
 
 
 def with_overrides(config: RunConfig, **overrides: Any) -> RunConfig:

@@ -14,6 +14,11 @@ Two optional methods make the loop better when present:
   counters after every pull, used by transports to meter how many samples workers may still send
   (the worker side of rate control).
 
+And :class:`~relayrl.trainer.Trainer` calls one more when present:
+
+* ``announce_end()``: once, when ``Trainer.run`` has finished every epoch (not on Ctrl+C or an
+  error), so that a transport tells its workers the run is over and they stop.
+
 The interface is passed to each ``run_epoch`` call and never stored on the training object, so the
 training object stays checkpointable and testable with a fake.
 """
@@ -27,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Interface", "check_interface"]
 
-OPTIONAL_METHODS = ("wait_for_data", "report_progress")
+OPTIONAL_METHODS = ("wait_for_data", "report_progress", "announce_end")
 
 
 @runtime_checkable

@@ -1,21 +1,27 @@
 """Where statistics rows go: a CSV file, a JSONL file, TensorBoard, and the terminal.
 
-Every logger has ``log(row)`` (a pandas ``Series``, one per round) and ``close()``. The files are
-appended to, so a resumed run continues them.
+Every file logger has ``log(row)`` (a pandas ``Series`` or a dict, one per round) and ``close()``.
+The files are appended to, so a resumed run continues them. Counters (:data:`INTEGER_KEYS` and
+whatever the logger is told) are written as integers (``200``, not ``200.0``).
+
+The terminal gets :class:`ConsoleTable`: one fixed-width line per round, under a header line
+repeated every ``header_every`` rows. While a progress bar is drawn, :func:`logging_around_bar`
+makes the console logging handlers write above it (``tqdm.write``), so no line is glued to the bar.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
 import math
+import sys
 from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
 
 import pandas as pd
 
-#: Columns shown in the per-round table printed on the terminal.
-TABLE_KEYS = ("epoch", "round", "total_samples", "total_updates", "memory_len", "return_train",
-              "return_test", "updates_per_second", "idle_time", "round_time", "update_to_data_ratio",
-              "loss_critic", "loss_actor", "entropy_coef")
+from .round_stats import INTEGER_KEYS
 
 
 def _plain(value):
@@ -26,25 +32,40 @@ def _plain(value):
     return value
 
 
+def plain_record(row: Mapping | pd.Series, integer_keys: Iterable[str] = INTEGER_KEYS) -> dict[str, Any]:
+    """The row as plain Python values: NaN as None, the counters of ``integer_keys`` as ints (a
+    pandas row of mixed values holds them as floats)."""
+    integer_keys = integer_keys if isinstance(integer_keys, (set, frozenset)) else set(integer_keys)
+    record = {}
+    for key, value in row.items():
+        value = _plain(value)
+        if key in integer_keys and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        record[key] = value
+    return record
+
+
 class CsvLogger:
     """One row per round; the header is fixed by the first row ever written to the file."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, integer_keys: Iterable[str] = INTEGER_KEYS):
         self.path = Path(path)
+        self.integer_keys = integer_keys
         self.columns: list[str] | None = None
         if self.path.exists() and self.path.stat().st_size > 0:
             with open(self.path, newline="") as f:
                 self.columns = next(csv.reader(f), None)
 
-    def log(self, row: pd.Series) -> None:
+    def log(self, row: Mapping | pd.Series) -> None:
+        record = plain_record(row, self.integer_keys)
         new_file = self.columns is None
         if new_file:
-            self.columns = list(row.index)
+            self.columns = list(record)
         with open(self.path, "a", newline="") as f:
             writer = csv.writer(f)
             if new_file:
                 writer.writerow(self.columns)
-            writer.writerow(["" if _plain(row.get(c)) is None else _plain(row.get(c)) for c in self.columns])
+            writer.writerow(["" if record.get(c) is None else record[c] for c in self.columns])
 
     def close(self) -> None:
         pass
@@ -53,12 +74,13 @@ class CsvLogger:
 class JsonlLogger:
     """One JSON object per line and round (NaN written as null)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, integer_keys: Iterable[str] = INTEGER_KEYS):
         self.path = Path(path)
+        self.integer_keys = integer_keys
 
-    def log(self, row: pd.Series) -> None:
+    def log(self, row: Mapping | pd.Series) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps({k: _plain(v) for k, v in row.items()}) + "\n")
+            f.write(json.dumps(plain_record(row, self.integer_keys)) + "\n")
 
     def close(self) -> None:
         pass
@@ -71,7 +93,7 @@ class TensorBoardLogger:
         from tensorboardX import SummaryWriter
         self.writer = SummaryWriter(str(logdir))
 
-    def log(self, row: pd.Series) -> None:
+    def log(self, row: Mapping | pd.Series) -> None:
         step = int(row.get("total_samples", 0))
         for key, value in row.items():
             value = _plain(value)
@@ -83,24 +105,159 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-def format_table(row: pd.Series, keys=TABLE_KEYS, per_line: int = 7) -> str:
-    """A compact fixed-width table of the row's main keys."""
-    cells = []
-    for key in keys:
-        if key not in row.index:
-            continue
-        value = _plain(row[key])
-        if value is None:
-            text = "-"
-        elif isinstance(value, float):
-            text = f"{value:.4g}"
-        else:
-            text = str(value)
-        cells.append((key, text))
-    lines = []
-    for i in range(0, len(cells), per_line):
-        chunk = cells[i:i + per_line]
-        widths = [max(len(k), len(v)) for k, v in chunk]
-        lines.append("  ".join(k.rjust(w) for (k, _), w in zip(chunk, widths)))
-        lines.append("  ".join(v.rjust(w) for (_, v), w in zip(chunk, widths)))
-    return "\n".join(lines)
+# --- the terminal --------------------------------------------------------------------------------
+def _number(value: Any) -> float | None:
+    value = _plain(value)
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def format_integer(value: Any) -> str:
+    """``12345`` (never ``1.234e+04``); ``-`` for a missing value."""
+    number = _number(value)
+    return "-" if number is None or not math.isfinite(number) else str(int(round(number)))
+
+
+def format_return(value: Any) -> str:
+    """A return with one decimal (``-1234.5``); ``-`` when no episode finished."""
+    number = _number(value)
+    if number is None or not math.isfinite(number):
+        return "-"
+    return f"{number:.1f}" if abs(number) < 1e7 else f"{number:.3g}"
+
+
+def format_metric(value: Any) -> str:
+    """Four significant digits without an exponent from 0.001 to 99999 (``0.01234``, ``12.35``,
+    ``1235``), with one outside that range (``1.23e+06``)."""
+    number = _number(value)
+    if number is None or not math.isfinite(number):
+        return "-" if number is None or math.isnan(number) else str(number)
+    size = abs(number)
+    if size == 0:
+        return "0"
+    if size >= 1e5 or size < 1e-3:
+        return f"{number:.2e}"
+    return f"{number:.{max(0, 3 - math.floor(math.log10(size)))}f}"
+
+
+def _idle_percent(row: Mapping) -> str:
+    idle, total = _number(row.get("idle_time")), _number(row.get("round_time"))
+    if idle is None or not total or not math.isfinite(idle) or not math.isfinite(total):
+        return "-"
+    return f"{100.0 * idle / total:.0f}%"
+
+
+def _episodes(row: Mapping) -> str:
+    return f"{format_integer(row.get('episodes_train'))}/{format_integer(row.get('episodes_test'))}"
+
+
+def _fixed(key: str, digits: int):
+    def show(row: Mapping) -> str:
+        number = _number(row.get(key))
+        return "-" if number is None or not math.isfinite(number) else f"{number:.{digits}f}"
+    return show
+
+
+#: The console table's columns: (title, width, the text of a row's cell). Counters are integers,
+#: upd/s has one decimal, idle% is idle_time / round_time, returns have one decimal, episodes are
+#: "training/test" finished in the round, upd/smp is the update-to-data ratio. The agent's main
+#: loss (:func:`main_loss_key`) is added as the last column.
+CONSOLE_COLUMNS: tuple = (
+    ("epoch", 5, lambda row: format_integer(row.get("epoch"))),
+    ("round", 5, lambda row: format_integer(row.get("round"))),
+    ("updates", 8, lambda row: format_integer(row.get("total_updates"))),
+    ("env steps", 9, lambda row: format_integer(row.get("total_samples"))),
+    ("memory", 8, lambda row: format_integer(row.get("memory_len"))),
+    ("upd/s", 6, _fixed("updates_per_second", 1)),
+    ("idle%", 5, _idle_percent),
+    ("ret train", 9, lambda row: format_return(row.get("return_train"))),
+    ("ret test", 9, lambda row: format_return(row.get("return_test"))),
+    ("eps tr/te", 9, _episodes),
+    ("upd/smp", 7, _fixed("update_to_data_ratio", 2)),
+)
+
+
+def main_loss_key(keys: Iterable[str]) -> str | None:
+    """The agent's main loss among a row's keys: ``loss_critic`` if there is one, else the first
+    key that starts with ``loss``, else None."""
+    keys = list(keys)
+    if "loss_critic" in keys:
+        return "loss_critic"
+    return next((k for k in keys if k.startswith("loss")), None)
+
+
+class ConsoleTable:
+    """The per-round lines of the terminal: :meth:`lines` gives a header line before the first row
+    and then every ``header_every`` rows, and one fixed-width line per row (about 115 columns)."""
+
+    def __init__(self, header_every: int = 20):
+        if header_every < 1:
+            raise ValueError(f"header_every must be >= 1, got {header_every}")
+        self.header_every = header_every
+        self.rows_shown = 0
+        self.columns: list | None = None
+
+    def _columns(self, row: Mapping) -> list:
+        if self.columns is None:
+            columns = list(CONSOLE_COLUMNS)
+            loss = main_loss_key(row.keys())
+            if loss is not None:
+                columns.append((loss, max(11, len(loss)), lambda r, key=loss: format_metric(r.get(key))))
+            self.columns = columns
+        return self.columns
+
+    def header(self, row: Mapping) -> str:
+        return "  ".join(title.rjust(width) for title, width, _ in self._columns(row))
+
+    def line(self, row: Mapping) -> str:
+        return "  ".join(show(row).rjust(width) for _, width, show in self._columns(row))
+
+    def lines(self, row: Mapping) -> list[str]:
+        """The lines to print for ``row`` (the header first when one is due)."""
+        out = [self.header(row)] if self.rows_shown % self.header_every == 0 else []
+        out.append(self.line(row))
+        self.rows_shown += 1
+        return out
+
+
+class _AroundTheBar(logging.Handler):
+    """Formats and filters as the console handler it stands in for, and writes with ``tqdm.write``
+    (which clears the bars, writes the line and draws them again)."""
+
+    def __init__(self, inner: logging.StreamHandler):
+        super().__init__(inner.level)
+        self.inner = inner
+        self.filters = list(inner.filters)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+            tqdm.write(self.inner.format(record), file=self.inner.stream)
+            self.inner.flush()
+        except RecursionError:  # pragma: no cover
+            raise
+        except Exception:  # pragma: no cover - as logging does: never let logging break the run
+            self.handleError(record)
+
+
+def _console(handler: logging.Handler) -> bool:
+    stream = getattr(handler, "stream", None)
+    return (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+            and stream is not None and stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__))
+
+
+@contextlib.contextmanager
+def logging_around_bar(loggers: Iterable[logging.Logger] | None = None) -> Iterator[None]:
+    """While the block runs, the console handlers of ``loggers`` (default: the root logger and
+    ``relayrl``'s) write above the progress bars instead of into them; other handlers (files)
+    are left alone. The handlers are put back afterwards."""
+    loggers = list(loggers) if loggers is not None else [logging.getLogger(), logging.getLogger("relayrl")]
+    saved = [(logger, logger.handlers) for logger in loggers]
+    try:
+        for logger, handlers in saved:
+            logger.handlers = [_AroundTheBar(h) if _console(h) else h for h in handlers]
+        yield
+    finally:
+        for logger, handlers in saved:
+            logger.handlers = handlers

@@ -57,6 +57,13 @@ STATS_KEYS: dict[str, str] = {
 }
 
 
+#: The keys of :data:`STATS_KEYS` that count something: integers in ``stats.csv`` and ``stats.jsonl``
+#: (a pandas row of mixed values holds them as floats).
+INTEGER_KEYS: frozenset[str] = frozenset({
+    "epoch", "round", "total_updates", "total_samples", "memory_len", "samples_in_round",
+    "episodes_train", "episodes_test", "buffers_rejected", "samples_rejected"})
+
+
 def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else math.nan
 

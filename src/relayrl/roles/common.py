@@ -247,6 +247,12 @@ class WatchedInterface:
     def report_progress(self, **counters) -> None:
         self.transport.report_progress(**counters)
 
+    def announce_end(self) -> None:
+        """The run is over: the workers are told to stop."""
+        announce = getattr(self.transport, "announce_end", None)
+        if callable(announce):
+            announce()
+
     def wait_for_data(self, timeout: float) -> bool:
         if self.processes and not any(p.is_alive() for p in self.processes):
             codes = [p.exitcode for p in self.processes]
@@ -258,12 +264,14 @@ class WatchedInterface:
         return arrived
 
 
-def open_trainer(config: "RunConfig", *, progress: bool, print_tables: bool):
+def open_trainer(config: "RunConfig", *, progress: bool, print_tables: bool, role: str = "train"):
     """The :class:`~relayrl.trainer.Trainer` of ``config`` (resumed from its run directory if that
-    holds checkpoints), or ``None`` if all its epochs are done already (said in the log)."""
+    holds checkpoints), or ``None`` if all its epochs are done already (said in the log). Without
+    ``config.run_dir``, the run directory is ``role``'s default (:func:`relayrl.config.default_run_dir`)."""
     from ..trainer import Trainer  # the trainer side only: never imported by a worker
 
-    trainer = Trainer(config, progress=progress, print_tables=print_tables)
+    trainer = Trainer(config.with_run_dir(role), progress=progress, print_tables=print_tables, role=role)
+    config = trainer.config
     if trainer.resumed_from is not None:
         log.warning("resuming %s from epoch %d", config.run_dir, trainer.resumed_from)
     if trainer.done:

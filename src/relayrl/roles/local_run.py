@@ -59,7 +59,8 @@ def worker_process_main(env_id: str, actor_factory, buffer_endpoint: str, weight
     client = ZmqWorkerClient(buffer_endpoint, weights_endpoint, worker_id)
     worker = RolloutWorker.from_settings(env_id, actor_factory, client, WorkersConfig(**workers),
                                          worker_id=worker_id, seed=seed, random_steps=random_steps)
-    should_stop = stop_requested(stop_event)
+    stopping = stop_requested(stop_event)
+    should_stop = lambda: stopping() or client.trainer_finished  # noqa: E731 (the run is over)
     try:
         if worker.wait_for_first_weights(should_stop=should_stop):
             worker.run(should_stop=should_stop)
@@ -73,7 +74,8 @@ def run_local(config: "RunConfig", progress: bool = True, print_tables: bool = T
     if config.workers.count == 0:
         raise ValueError("relayrl train needs at least one local worker (--workers N); to train only "
                          "from remote workers, run 'relayrl trainer'")
-    trainer = open_trainer(config, progress=progress, print_tables=print_tables)
+    config = config.with_run_dir("train")  # runs/<env> unless given
+    trainer = open_trainer(config, progress=progress, print_tables=print_tables, role="train")
     if trainer is None:
         return []
     transport = trainer_transport(trainer, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")

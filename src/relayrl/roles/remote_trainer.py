@@ -131,7 +131,8 @@ def run_trainer(config: "RunConfig", plan: TrainerPlan, *, progress: bool = True
     SIGTERM saves a checkpoint and raises ``KeyboardInterrupt``."""
     import zmq
 
-    trainer = open_trainer(config, progress=progress, print_tables=print_tables)
+    config = config.with_run_dir("trainer")  # runs/<env>-trainer unless given
+    trainer = open_trainer(config, progress=progress, print_tables=print_tables, role="trainer")
     if trainer is None:
         return []
     training = trainer.training

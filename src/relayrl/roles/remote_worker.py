@@ -3,7 +3,9 @@
 It builds its policy from the trainer's configuration (``config.actor_factory()``, after
 ``config.env_spaces()`` has checked the environment against the algorithm), waits for the trainer as
 long as it takes, keeps going when the trainer restarts, and prints its samples per second and the
-policy version it runs. Ctrl+C or SIGTERM stops it cleanly (exit code 0); a second Ctrl+C quits at once.
+policy version it runs, and how long the trainer has been silent once that exceeds
+:data:`TRAINER_SILENT_AFTER` seconds. It stops by itself (exit code 0) when the trainer announces the
+end of the run. Ctrl+C or SIGTERM stops it cleanly (exit code 0); a second Ctrl+C quits at once.
 
 A worker process imports the actor side only: this module, :mod:`relayrl.worker`,
 :mod:`relayrl.transport.worker_end` and the algorithm's actor; never the trainer, pandas, the
@@ -25,6 +27,10 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 __all__ = ["WorkerPlan", "plan_worker", "PatientConnection", "run_worker"]
+
+#: Seconds without any message from the trainer (it re-publishes its control message every 5 s)
+#: after which the status line says so.
+TRAINER_SILENT_AFTER = 30.0
 
 WEIGHTS_DO_NOT_FIT = ("worker {name}: the trainer's weights do not fit this worker's actor ({exc}); "
                       "start the worker with the trainer's --config and --env")
@@ -117,14 +123,20 @@ def worker_status(name: str, worker, client, rate: float) -> str:
     allowed = client.allowed_samples()
     paused = allowed is not None and worker.samples_sent + len(worker.builder) >= allowed
     version = worker.policy_version if worker.policy_version >= 0 else "-"
-    return (f"worker {name}: policy version {version} | {worker.samples_sent} samples sent ({rate:.1f}/s) "
+    line = (f"worker {name}: policy version {version} | {worker.samples_sent} samples sent ({rate:.1f}/s) "
             f"| {worker.train_episodes_done} episodes{' | paused by the rate limit' if paused else ''}")
+    silence = getattr(client, "seconds_since_trainer_message", lambda: None)()
+    if silence is not None and silence >= TRAINER_SILENT_AFTER:
+        line += (f" | nothing from the trainer for {silence:.0f} s: it has stopped, is restarting or is "
+                 "unreachable (this worker waits for it; Ctrl+C stops it)")
+    return line
 
 
 def run_worker(config: "RunConfig", plan: WorkerPlan, *, seed: int | None = None,
                status_interval: float = DEFAULT_STATUS_INTERVAL, send_timeout: float = 1.0,
                should_stop: Callable[[], bool] = lambda: False) -> int:
-    """Run one rollout worker until Ctrl+C, SIGTERM or ``should_stop()``; return the samples sent.
+    """Run one rollout worker until the trainer announces the end of the run, Ctrl+C, SIGTERM or
+    ``should_stop()``; return the samples sent.
     A trainer that goes away is waited for (a blocked send is retried every ``send_timeout`` seconds,
     which also bounds how long a stop request can wait)."""
     import torch
@@ -145,7 +157,7 @@ def run_worker(config: "RunConfig", plan: WorkerPlan, *, seed: int | None = None
     worker = None
     try:
         with stop_signals(graceful=True) as stop_request:
-            stop = lambda: stop_request() or should_stop()  # noqa: E731
+            stop = lambda: stop_request() or should_stop() or client.trainer_finished  # noqa: E731
             worker = RolloutWorker.from_settings(config.env, actor_factory, PatientConnection(client, stop),
                                                  config.workers, worker_id=name, seed=seed)
             curve = "CURVE on" if client.secure else "plaintext"
@@ -161,6 +173,9 @@ def run_worker(config: "RunConfig", plan: WorkerPlan, *, seed: int | None = None
                 if "actor weight" not in str(exc):
                     raise
                 raise RoleError(WEIGHTS_DO_NOT_FIT.format(name=name, exc=exc)) from None
+            if client.trainer_finished:
+                worker.update_weights()  # the final weights, sent just before the announcement
+                say(f"worker {name}: the trainer announced the end of the run; stopping")
         say(f"worker {name}: stopped; {worker.samples_sent} samples sent, {worker.train_episodes_done} "
             f"episodes, policy version {worker.policy_version}")
         return worker.samples_sent

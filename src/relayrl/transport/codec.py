@@ -13,7 +13,9 @@ Kind-specific fields:
   exactly the six transition columns of :class:`~relayrl.buffer.Buffer`.
 * ``weights`` (trainer -> workers): ``version`` (int >= 0); the arrays are the actor's weights.
 * ``control`` (trainer -> workers): ``allow`` ({worker_id: int >= 0}), ``sessions`` ({worker_id: str}),
-  ``default`` (int >= 0 or None); no arrays. See :mod:`relayrl.transport.credits` for the meaning.
+  ``default`` (int >= 0 or None), optionally ``end`` (bool: true once the trainer has finished the
+  run, so workers stop); no arrays. See :mod:`relayrl.transport.credits` for the meaning. (A peer
+  of an earlier release refuses the ``end`` field as unknown: it drops and logs that message.)
 * ``hello``   (worker -> trainer, first message of a worker process): ``worker_id``, ``session`` (str).
 
 Each array frame holds the array's bytes, C order, little-endian. ``dtype`` is a name from
@@ -67,7 +69,7 @@ Frame = Union[bytes, bytearray, memoryview, Any]  # anything with the buffer pro
 _FIELDS = {  # kind -> (required fields, optional fields), beyond "v" and "kind"
     "buffer": ({"arrays", "worker_id", "seq", "policy_version", "episodes"}, set()),
     "weights": ({"arrays", "version"}, set()),
-    "control": ({"allow", "default"}, {"sessions"}),
+    "control": ({"allow", "default"}, {"sessions", "end"}),
     "hello": ({"worker_id", "session"}, set()),
 }
 
@@ -137,7 +139,8 @@ def encode_weights(version: int, weights: dict[str, np.ndarray]) -> list[Frame]:
 
 
 def encode_control(message: dict) -> list[Frame]:
-    """Frames of a control message ``{"allow": {...}, "default": int | None, "sessions": {...}}``."""
+    """Frames of a control message ``{"allow": {...}, "default": int | None, "sessions": {...}}``
+    (and ``"end": True`` once the run is over)."""
     _check_control(message)
     return _pack({"kind": "control", **message})
 
@@ -183,10 +186,12 @@ def _check_episodes(episodes: Any) -> list[EpisodeStats]:
 def _check_control(message: Any) -> dict:
     if type(message) is not dict:
         raise CodecError(f"a control message must be a dict, got {type(message).__name__}")
-    unknown = set(message) - {"allow", "default", "sessions"}
+    unknown = set(message) - {"allow", "default", "sessions", "end"}
     if unknown or not {"allow", "default"} <= set(message):
-        raise CodecError(f"a control message has exactly 'allow', 'default' and optionally 'sessions'; "
-                         f"got fields {sorted(map(str, message))}")
+        raise CodecError(f"a control message has exactly 'allow', 'default' and optionally 'sessions' "
+                         f"and 'end'; got fields {sorted(map(str, message))}")
+    if "end" in message and type(message["end"]) is not bool:
+        raise CodecError(f"control 'end' must be a bool, got {message['end']!r:.50}")
     allow, default = message["allow"], message["default"]
     sessions = message.get("sessions", {})
     for name, mapping in (("allow", allow), ("sessions", sessions)):
@@ -200,7 +205,10 @@ def _check_control(message: Any) -> dict:
         _check_str(session, "control session", MAX_SESSION_LEN)
     if default is not None:
         _check_count(default, "control default")
-    return {"allow": dict(allow), "sessions": dict(sessions), "default": default}
+    checked = {"allow": dict(allow), "sessions": dict(sessions), "default": default}
+    if "end" in message:
+        checked["end"] = message["end"]
+    return checked
 
 
 def _as_view(frame: Frame) -> memoryview:

@@ -63,6 +63,18 @@ class KeySet:
     worker_secrets: dict[str, Path]
     relay_public: Path | None = None
     relay_secret: Path | None = None
+    tightened: tuple[Path, ...] = ()
+    """Existing secret key files whose permissions were narrowed to 0600 (they were readable by others)."""
+
+
+def protect_secret(path: str | os.PathLike) -> bool:
+    """Make a secret key file that its group or others may access readable and writable by its
+    owner only (0600); return whether its permissions had to change. (No-op where POSIX permissions
+    do not apply.)"""
+    if os.name != "posix" or os.stat(path).st_mode & 0o077 == 0:
+        return False
+    os.chmod(path, 0o600)
+    return True
 
 
 def create_key_pair(directory: str | os.PathLike, name: str, overwrite: bool = False) -> tuple[Path, Path]:
@@ -81,6 +93,7 @@ def create_key_pair(directory: str | os.PathLike, name: str, overwrite: bool = F
     finally:
         os.umask(old_umask)
     os.chmod(public_file, 0o644)
+    os.chmod(secret_file, 0o600)  # whatever the file system made of the umask
     return Path(public_file), Path(secret_file)
 
 
@@ -108,7 +121,9 @@ def create_keys(directory: str | os.PathLike, workers: Iterable[str] = ("worker-
             public, secret = create_key_pair(directory / "workers", name)
             authorize(public, authorized)
         secrets[name] = secret
-    return KeySet(trainer_public, trainer_secret, authorized, secrets, relay_public, relay_secret)
+    kept = [trainer_secret, relay_secret, *sorted((directory / "workers").glob("*.key_secret"))]
+    tightened = tuple(path for path in kept if path is not None and path.is_file() and protect_secret(path))
+    return KeySet(trainer_public, trainer_secret, authorized, secrets, relay_public, relay_secret, tightened)
 
 
 def authorize(public_key_file: str | os.PathLike, authorized_keys_dir: str | os.PathLike) -> Path:

@@ -17,6 +17,11 @@ handles subscriptions whenever it calls into the interface (``retrieve_buffer``,
 Rate control. With ``env_steps_per_update`` set, every ``report_progress`` recomputes the workers'
 allowance by the :class:`~relayrl.transport.credits.CreditRule` and publishes it (throttled to one
 message per ``control_interval`` unless it changed a lot); see :mod:`relayrl.transport.credits`.
+
+Signs of life and the end. The latest control message is re-published at least every
+``keepalive_interval`` seconds, so a worker that hears nothing for much longer knows the trainer is
+gone or stalled; :meth:`ZmqTrainerInterface.announce_end` (called by ``Trainer.run`` when every
+epoch is done) adds ``"end": True`` to it, which makes the workers stop.
 """
 from __future__ import annotations
 
@@ -67,6 +72,8 @@ class ZmqTrainerInterface:
     control_interval, weights_resend_interval:
         Minimum seconds between two control publications (unless the share changes a lot) and
         between two re-sends of the weights to new subscribers.
+    keepalive_interval:
+        Maximum seconds between two control publications (a sign of life for the workers).
     max_messages_per_retrieve:
         ``retrieve_buffer`` returns after this many messages even if more are waiting.
     server_secret_key_file, authorized_keys_dir:
@@ -88,6 +95,7 @@ class ZmqTrainerInterface:
                  max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
                  max_queued_buffers: int = 1000, initial_version: int = 0, worker_timeout: float = 60.0,
                  control_interval: float = 0.02, weights_resend_interval: float = 0.2,
+                 keepalive_interval: float = 5.0,
                  max_messages_per_retrieve: int = 10_000,
                  server_secret_key_file: str | os.PathLike | None = None,
                  authorized_keys_dir: str | os.PathLike | None = None,
@@ -100,6 +108,7 @@ class ZmqTrainerInterface:
         self.max_buffer_bytes = int(max_buffer_bytes)
         self.control_interval = float(control_interval)
         self.weights_resend_interval = float(weights_resend_interval)
+        self.keepalive_interval = float(keepalive_interval)
         self.max_messages_per_retrieve = int(max_messages_per_retrieve)
         self._limits = {"buffer": self.max_buffer_bytes, "hello": DEFAULT_MAX_CONTROL_BYTES}
         self._security = self._make_security(buffer_bind, weights_bind, connect, insecure,
@@ -140,6 +149,7 @@ class ZmqTrainerInterface:
         self._control_frames: list = []
         self._control_due: float | None = None
         self._control_sent_at = -math.inf
+        self._ended = False
         self._closed = False
         self._set_control(self._control_message(), force=True)
 
@@ -242,7 +252,8 @@ class ZmqTrainerInterface:
         while True:
             self._service()
             now = time.monotonic()
-            wake = min([deadline] + [t for t in (self._weights_due, self._control_due) if t is not None])
+            keepalive = self._control_sent_at + self.keepalive_interval
+            wake = min([deadline, keepalive] + [t for t in (self._weights_due, self._control_due) if t is not None])
             events = dict(self._poller.poll(max(0.0, wake - now) * 1000.0))
             if self._pull in events:
                 return True
@@ -254,6 +265,18 @@ class ZmqTrainerInterface:
         self._progress = (int(total_updates), int(total_samples))
         self._set_control(self._control_message())
         self._service()
+
+    def announce_end(self) -> None:
+        """Tell the workers that the run is over: the control message gains ``"end": True``
+        (published at once, and to every worker that subscribes until :meth:`close`), and workers
+        stop when they read it. Give ZeroMQ a moment to send it before closing (LINGER is 0)."""
+        self._ended = True
+        self._set_control(self._control_message(), force=True)
+
+    @property
+    def ended(self) -> bool:
+        """Whether :meth:`announce_end` was called."""
+        return self._ended
 
     def reload_authorized_keys(self) -> int:
         """Reread the authorized keys directory now (it is also reread by itself within seconds of a
@@ -330,7 +353,8 @@ class ZmqTrainerInterface:
         than worker_timeout (e.g. paused by the limit) finds itself missing, says hello again and is
         counted afresh."""
         active = {wid: (a.session_samples, a.session) for wid, a in self.ledger.active().items()}
-        return self.credits.control_message(*self._progress, active)
+        message = self.credits.control_message(*self._progress, active)
+        return {**message, "end": True} if self._ended else message
 
     def _set_control(self, message: dict, force: bool = False) -> None:
         """Make ``message`` the current control message; publish now, or within control_interval."""
@@ -376,5 +400,6 @@ class ZmqTrainerInterface:
         now = time.monotonic()
         if self._weights_due is not None and now >= self._weights_due:
             self._send_weights()
-        if self._control_due is not None and now >= self._control_due:
+        if ((self._control_due is not None and now >= self._control_due)
+                or now - self._control_sent_at >= self.keepalive_interval):
             self._send_control()

@@ -4,7 +4,10 @@ from (the socket layout, security rule and delivery guarantee are in :mod:`relay
 
 It connects a PUSH socket (buffers, and a "hello" that opens each session) and a SUB socket (weights
 and control) to the trainer or to a relay; it never binds, so it works behind NAT. A background
-thread owns the SUB socket and keeps only the newest weights and the newest control message.
+thread owns the SUB socket and keeps only the newest weights and the newest control message. It also
+notes when the trainer was last heard from (:meth:`ZmqWorkerClient.seconds_since_trainer_message`;
+the trainer re-publishes its control message every few seconds) and whether it announced the end of
+the run (:attr:`ZmqWorkerClient.trainer_finished`).
 """
 from __future__ import annotations
 
@@ -114,6 +117,7 @@ class ZmqWorkerClient:
         self._delivered_version: int | None = None
         self._control: dict | None = None
         self._received = 0       # messages accepted by the receiver thread
+        self._heard_at: float | None = None  # monotonic time of the last valid message
         self._acknowledged = 0   # self._received when the caller last looked
         self._drop_log = RateLimitedLog()
         self._stop = threading.Event()
@@ -202,6 +206,18 @@ class ZmqWorkerClient:
             return bool(arrived) and not self._closed
 
     @property
+    def trainer_finished(self) -> bool:
+        """Whether the trainer announced the end of the run (its control message's ``end``)."""
+        control = self._control
+        return bool(control is not None and control.get("end"))
+
+    def seconds_since_trainer_message(self) -> float | None:
+        """Seconds since the last valid message from the trainer (weights or control, re-sends
+        included); None if none came yet."""
+        heard = self._heard_at
+        return None if heard is None else time.monotonic() - heard
+
+    @property
     def policy_version(self) -> int | None:
         """The version of the weights last returned by :meth:`poll_weights`."""
         return self._delivered_version
@@ -228,6 +244,7 @@ class ZmqWorkerClient:
         topic = frames[0].bytes
         if topic == WEIGHTS_TOPIC:
             version, weights = decode_weights(frames[1:], self.max_weights_bytes)
+            self._heard_at = time.monotonic()
             with self._cond:
                 pending = self._weights[0] if self._weights is not None else self._delivered_version
             if version == pending:
@@ -239,6 +256,7 @@ class ZmqWorkerClient:
                 self._cond.notify_all()
         elif topic == CONTROL_TOPIC:
             control = decode_control(frames[1:])
+            self._heard_at = time.monotonic()
             with self._cond:
                 self._control = control
                 self._received += 1
