@@ -227,34 +227,55 @@ def test_help_and_imports_of_plot_and_eval_import_no_torch_nor_matplotlib():
 
 
 # --- relayrl eval --------------------------------------------------------------------------------------
+TRAINING = {"seed": 0, "workers.count": 1, "training.epochs": 2, "training.rounds": 8, "training.steps": 150,
+            "training.torch_threads": 1, "workers.test_episode_interval": 1, "memory.batch_size": 128,
+            "sac.hidden_sizes": [64, 64]}
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
-    """SAC on Pendulum-v1, trained a little (2 epochs of 8 rounds of 150 updates, about 2,600
+    """SAC on Pendulum-v1, trained a little (2 epochs of 8 rounds of 150 updates, about 2,650
     environment steps, lr 1e-3; small networks), a test episode after every training episode."""
     from relayrl.roles.local_run import run_local
 
     run = tmp_path_factory.mktemp("trained") / "run"
-    cfg = with_overrides(RunConfig(), **{
-        "run_dir": str(run), "seed": 0, "workers.count": 1, "training.epochs": 2, "training.rounds": 8,
-        "training.steps": 150, "training.torch_threads": 1, "workers.test_episode_interval": 1,
-        "memory.batch_size": 128, "sac.hidden_sizes": [64, 64]})
+    cfg = with_overrides(RunConfig(), run_dir=str(run), **TRAINING)
     assert cfg.agent.lr_actor == 1e-3
     run_local(cfg, progress=False, print_tables=False)
     return run
 
 
-def test_eval_mean_is_within_the_runs_last_test_episodes(trained_run, capsys):
-    assert main(["eval", str(trained_run)]) == 0
+@pytest.mark.slow
+def test_eval_mean_is_within_the_runs_last_test_episodes(trained_run, tmp_path, capsys):
+    """The issue's check: relayrl eval on a trained Pendulum run prints a mean return within the
+    range of the run's last test episodes. A policy still learning changes from one test episode to
+    the next (the last epoch's test episodes of a run like the fixture's miss the final policy's mean
+    more often than not), so the run goes on for one more epoch with its actor frozen
+    (``sac.actor_update_interval`` out of reach: the critics keep training, the policy does not
+    change): its test episodes, about one per round, are all the saved policy's, from random start
+    states. About 24 of them: a sample range that misses the mean of a skewed return distribution
+    (P(episode > mean) = 0.7) has a chance of 0.7 ** 24 = 2e-4."""
+    from relayrl.roles.local_run import run_local
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    with np.load(run / "actor.npz") as archive:
+        before = {name: archive[name] for name in archive.files}
+    cfg = with_overrides(RunConfig(), run_dir=str(run), **{**TRAINING, "training.epochs": 3, "training.rounds": 24,
+                                                            "training.steps": 200, "sac.actor_update_interval": 10**9})
+    run_local(cfg, progress=False, print_tables=False)
+    with np.load(run / "actor.npz") as archive:
+        assert all(np.array_equal(before[name], archive[name]) for name in archive.files)  # frozen indeed
+    with open(run / "stats.csv", newline="") as f:
+        last = [float(r["return_test"]) for r in csv.DictReader(f) if r["epoch"] == "2" and r["return_test"]]
+    assert len(last) >= 12
+
+    assert main(["eval", str(run)]) == 0
     out = capsys.readouterr().out
-    assert f"{trained_run}: 10 deterministic episodes of Pendulum-v1 (reset seeds 0-9)" in out
-    assert f"policy from {trained_run / 'actor.npz'} (newest checkpoint epoch-000002)" in out
+    assert f"{run}: 10 deterministic episodes of Pendulum-v1 (reset seeds 0-9)" in out
+    assert f"policy from {run / 'actor.npz'} (newest checkpoint epoch-000003)" in out
     assert "length  mean 200.0 ± 0.0 (std)   min 200   max 200" in out
     mean = float(out.split("return  mean ")[1].split()[0])
-    # the test episodes of the last epoch (one per round at most here, each a single episode mostly)
-    with open(trained_run / "stats.csv", newline="") as f:
-        last = [float(r["return_test"]) for r in csv.DictReader(f) if r["epoch"] == "1" and r["return_test"]]
-    assert len(last) >= 3
-    assert min(last) <= mean <= max(last), (mean, last)
+    assert min(last) <= mean <= max(last), (mean, sorted(last))
 
 
 def _rollouts(run: Path, actor, episodes: int, seed: int) -> list[float]:
@@ -306,6 +327,10 @@ def test_eval_reads_the_checkpoint_when_actor_npz_is_missing_or_older(trained_ru
     npz.unlink()
     result = evaluate(copy, episodes=2, seed=3)
     assert result.policy == str(copy / "checkpoints" / "epoch-000002") and result.returns == expected
+    broken = Path(shutil.copytree(trained_run, tmp_path / "broken"))
+    (broken / "checkpoints" / "latest").write_text("no-such-checkpoint\n")  # actor.npz still serves
+    result = evaluate(broken, episodes=2, seed=3)
+    assert result.policy == str(broken / "actor.npz") and result.returns == expected
 
 
 @pytest.mark.parametrize("case,expected", [
@@ -359,10 +384,10 @@ def test_eval_video(trained_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("relayrl: error: --video: ") and len(err.splitlines()) == 1
     if not _importable("pygame"):
-        assert "Pendulum-v1 cannot render frames here: pygame is not installed" in err
-        assert '.venv/bin/pip install "gymnasium[classic_control]"' in err
+        assert "Pendulum-v1 cannot render frames here (environment 'Pendulum-v1' needs gymnasium's " in err
+        assert '/pip install "gymnasium[classic_control]"' in err
     if not _importable("moviepy"):
-        assert "needs moviepy, which is not installed: .venv/bin/pip install moviepy" in err
+        assert "needs moviepy, which is not installed: " in err and "/pip install moviepy" in err
     assert not videos.exists()
 
 

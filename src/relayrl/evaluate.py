@@ -10,7 +10,9 @@ by the run's algorithm, ``RunConfig.actor_factory()``). The policy is the one th
 * the newest checkpoint's actor weights (read by :func:`relayrl.checkpoint.load_checkpoint`, which
   verifies every file and never unpickles), when ``actor.npz`` is missing or older than that
   checkpoint's manifest: a process killed between the two writes. The weights are the entry of the
-  agent's saved state whose names and shapes are exactly the actor's.
+  agent's saved state whose names and shapes are exactly the actor's. (A broken ``latest`` file or a
+  corrupt checkpoint does not stop an evaluation that ``actor.npz`` can serve: it is used, with a
+  warning.)
 
 Episode ``i`` resets the environment with seed ``seed + i`` and acts with ``actor.act(obs,
 test=True)`` (the deterministic action workers' test episodes take), capped at the run's
@@ -23,6 +25,7 @@ torch is imported when a policy is built, never when this module is imported.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -31,11 +34,12 @@ from typing import Any
 
 from .config import RunConfig, config_from_dict
 
+log = logging.getLogger("relayrl")
+
 __all__ = ["EvalError", "EvalResult", "Policy", "evaluate", "load_run_config", "load_policy", "run_episodes",
            "DEFAULT_EPISODES"]
 
 DEFAULT_EPISODES = 10
-MOVIEPY_INSTALL = ".venv/bin/pip install moviepy"
 
 
 class EvalError(ValueError):
@@ -96,7 +100,7 @@ class EvalResult:
 def _run_dir(path: str | os.PathLike) -> Path:
     run_dir = Path(path)
     if not run_dir.exists():
-        raise EvalError(f"no run directory at {run_dir}: give the --run-dir of a run (e.g. runs/pendulum)")
+        raise EvalError(f"no run directory at {run_dir}: give the --run-dir of a run (e.g. runs/Pendulum-v1)")
     if not run_dir.is_dir():
         raise EvalError(f"{run_dir} is a file, not a run directory: give the directory that holds "
                         f"config.json and actor.npz (perhaps {run_dir.parent})")
@@ -150,22 +154,34 @@ def _actor_weights(state: dict, actor, checkpoint: Path) -> dict:
 
 def load_policy(run_dir: str | os.PathLike, config: RunConfig, spaces: tuple) -> Policy:
     """The run's latest saved policy (see the module docstring for which file and why)."""
-    from .checkpoint import latest_checkpoint, load_checkpoint
+    from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 
     run_dir = Path(run_dir)
     actor = config.actor_factory()(*spaces)
     npz = run_dir / "actor.npz"
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")  # CheckpointError with the fix if broken
     npz_time = _mtime(npz) if npz.is_file() else None
+    try:
+        checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    except CheckpointError as exc:  # a broken ``latest`` file: actor.npz is enough
+        if npz_time is None:
+            raise
+        log.warning("%s; evaluating %s", exc, npz)
+        checkpoint = None
     checkpoint_time = _mtime(checkpoint / "manifest.json") if checkpoint is not None else None
     name = checkpoint.name if checkpoint is not None else None
-    if npz_time is not None and (checkpoint_time is None or npz_time >= checkpoint_time):
+    if checkpoint is not None and (npz_time is None or npz_time < checkpoint_time):
+        try:
+            state = load_checkpoint(checkpoint, mmap_mode="r")  # the replay memory is mapped, not read
+        except CheckpointError as exc:
+            if npz_time is None:
+                raise
+            log.warning("%s; evaluating the older %s", exc, npz)
+        else:
+            actor.load_weights(_actor_weights(state, actor, checkpoint))
+            return Policy(actor, checkpoint, name)
+    if npz_time is not None:
         actor.load(npz)  # ValueError naming the file if it does not fit the actor
         return Policy(actor, npz, name)
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, mmap_mode="r")  # the replay memory is mapped, not read
-        actor.load_weights(_actor_weights(state, actor, checkpoint))
-        return Policy(actor, checkpoint, name)
     raise EvalError(f"{run_dir} has no saved policy yet (no actor.npz, no checkpoint): the trainer saves "
                     "one at the end of every epoch and on Ctrl+C; evaluate it after its first epoch")
 
@@ -192,13 +208,14 @@ def run_episodes(env, actor, episodes: int, seed: int = 0,
 
 def _video_env(config: RunConfig, video_dir: Path, seed: int):
     """The environment wrapped in ``RecordVideo``, or an :class:`EvalError` naming every missing piece."""
-    from .envs import make_env
+    from .envs import make_env, missing_dependency, pip_command
 
     problems = []
     try:
         import moviepy  # noqa: F401  (RecordVideo writes the files with it)
     except ImportError:
-        problems.append(f"writing the videos needs moviepy, which is not installed: {MOVIEPY_INSTALL}")
+        problems.append(f"writing the videos needs moviepy, which is not installed: {pip_command()} install "
+                        "moviepy")
     try:
         env = make_env(config.env, render_mode="rgb_array")
     except TypeError as exc:
@@ -207,11 +224,14 @@ def _video_env(config: RunConfig, video_dir: Path, seed: int):
     try:
         env.reset(seed=seed)
         frame = env.render()
-    except Exception as exc:  # gymnasium's DependencyNotInstalled (e.g. pygame), or a broken renderer
-        text = " ".join(str(exc).split())
-        if "`pip install" in text:  # gymnasium's advice, for this project's virtual environment
-            text = text.replace("`pip install", "`.venv/bin/pip install")
-        problems.insert(0, f"{config.env} cannot render frames here: {text}")
+    except Exception as exc:  # gymnasium's DependencyNotInstalled (pygame...), or a broken renderer
+        import gymnasium
+
+        if isinstance(exc, (ImportError, gymnasium.error.DependencyNotInstalled)):
+            text = missing_dependency(config.env, exc)  # the extra and the pip command of this Python
+        else:
+            text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        problems.insert(0, f"{config.env} cannot render frames here ({text})")
     else:
         if getattr(frame, "ndim", 0) != 3:
             problems.insert(0, f"{config.env} returns no image from render() with render_mode='rgb_array'")

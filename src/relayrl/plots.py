@@ -106,7 +106,7 @@ def stats_file(run_dir: str | os.PathLike) -> Path:
     """The statistics file of ``run_dir``, or a :class:`PlotError` saying what is wrong."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
-        raise PlotError(f"no run directory at {run_dir}: give the --run-dir of a run (e.g. runs/pendulum)")
+        raise PlotError(f"no run directory at {run_dir}: give the --run-dir of a run (e.g. runs/Pendulum-v1)")
     if not run_dir.is_dir():
         hint = f" ({run_dir.parent})" if run_dir.name in STATS_FILES else ""
         raise PlotError(f"{run_dir} is a file, not a run directory: give the directory that holds "
@@ -250,7 +250,7 @@ def curves(run_dirs: Iterable[str | os.PathLike]) -> list[Curve]:
     Raises :class:`PlotError` for a path that is not a run directory with statistics."""
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
-        raise PlotError("no run directory given: name at least one (e.g. relayrl plot runs/pendulum)")
+        raise PlotError("no run directory given: name at least one (e.g. relayrl plot runs/Pendulum-v1)")
     rows = {d: read_stats(d) for d in run_dirs}  # every path checked before anything is drawn
     result = []
     for group in group_runs(run_dirs):

@@ -221,8 +221,11 @@ class Trainer:
         return rows
 
     def _after_epoch(self, checkpoint: Path) -> None:
-        """What follows each epoch's checkpoint."""
+        """What follows each epoch's checkpoint: a log line and ``learning_curve.png`` (drawn from
+        the statistics files when matplotlib is installed; never fails the run)."""
         log.info("epoch %d done, checkpoint %s", self.training.epoch, checkpoint)
+        from .plots import write_learning_curve
+        write_learning_curve(self.run_dir)
 
     def _open_bar(self, stack: contextlib.ExitStack):
         """The progress bar (closed when ``stack`` closes); log lines are written above it meanwhile."""
