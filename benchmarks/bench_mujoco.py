@@ -72,14 +72,19 @@ COMMON = {  # relayrl settings of every relayrl job (with the seed, run_dir and 
 AGENTS = {
     "sac": {"algorithm": "sac", "sets": {"sac.lr_actor": 3e-4, "sac.lr_critic": 3e-4, "sac.lr_entropy": 3e-4},
             "note": "SB3's hyperparameters"},
-    "td3": {"algorithm": "td3", "sets": {}, "note": "the paper's settings"},
+    "td3": {"algorithm": "td3", "sets": {"td3.lr_actor": 3e-4, "td3.lr_critic": 3e-4},
+            "note": "the authors' current settings (Adam 3e-4, 256-256, policy delay 2)"},
     "crossq": {"algorithm": "crossq", "sets": {}, "note": "the paper's settings, critics 512 wide (paper: 2048)"},
     "redq": {"algorithm": "redq", "sets": {"training.max_training_steps_per_env_step": 5.0,
-                                           "workers.env_steps_per_update": 0.2},
-             "note": "10 critics, 2 in the target, UTD 5 (paper: 20)"},
+                                           "workers.env_steps_per_update": 0.2,
+                                           "redq.actor_update_interval": 5, "redq.lr_actor": 3e-4,
+                                           "redq.lr_critic": 3e-4, "redq.lr_entropy": 3e-4},
+             "note": "10 critics, 2 in the target, UTD 5 and the actor once per step (paper: UTD 20)"},
     "droq": {"algorithm": "droq", "sets": {"training.max_training_steps_per_env_step": 5.0,
-                                           "workers.env_steps_per_update": 0.2},
-             "note": "dropout 0.01 + layer norm, UTD 5 (paper: 20)"},
+                                           "workers.env_steps_per_update": 0.2,
+                                           "droq.actor_update_interval": 5, "droq.lr_actor": 3e-4,
+                                           "droq.lr_critic": 3e-4, "droq.lr_entropy": 3e-4},
+             "note": "dropout 0.01 + layer norm, UTD 5 and the actor once per step (paper: UTD 20)"},
 }
 
 PLAN = [
