@@ -178,3 +178,18 @@ def test_every_setting_has_a_flag_and_flags_set_them(capsys):
     assert "--sac.hidden-sizes takes values separated by commas" in capsys.readouterr().err
     assert main(["train", "--sac.gamma", "7", "--print-config"]) == 2
     assert "SACConfig.gamma=7.0 is invalid: use a number in [0, 1]" in capsys.readouterr().err
+
+
+def test_rate_settings_that_deadlock_are_refused_with_the_inequality_and_the_fix():
+    from relayrl.config import ConfigError, RunConfig, with_overrides
+
+    with pytest.raises(ConfigError, match=r"0.5 x 1 = 0.5 < 1.*--workers.env-steps-per-update 1"):
+        with_overrides(RunConfig(), **{"workers.env_steps_per_update": 0.5})
+    with pytest.raises(ConfigError, match="deadlock"):
+        with_overrides(RunConfig(), **{"workers.env_steps_per_update": 0.1,
+                                       "training.max_training_steps_per_env_step": 5.0})
+    # the high update-to-data settings of the README and unmetered workers are fine
+    with_overrides(RunConfig(), **{"workers.env_steps_per_update": 0.2,
+                                   "training.max_training_steps_per_env_step": 5.0})
+    with_overrides(RunConfig(), **{"workers.env_steps_per_update": "none",
+                                   "training.max_training_steps_per_env_step": 0.5})

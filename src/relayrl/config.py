@@ -205,6 +205,11 @@ class WorkersConfig:
                f"workers.random_steps must be an integer >= 0, got {self.random_steps!r}")
 
 
+#: The W&B modes ``wandb_mode`` may name, and the characters W&B refuses in project names.
+WANDB_MODES = ("online", "offline", "disabled")
+WANDB_FORBIDDEN = "/\\#?%:"
+
+
 @dataclass
 class RunConfig:
     """Everything ``relayrl train`` needs."""
@@ -224,6 +229,17 @@ class RunConfig:
     trainer (a "module:factory" environment gives a file-system-safe name)."""
     keep_checkpoints: int = 3
     """Checkpoints kept in run_dir (the newest ones)."""
+    wandb_project: str | None = None
+    """Weights & Biases project that every statistics row is also logged to (at step total_samples,
+    with the run's config.json as the W&B run's config); None: no W&B. Needs the wandb extra
+    (pip install wandb). The W&B run id is kept in run_dir/wandb_run_id, so a resumed run goes on
+    logging to the same W&B run; W&B's local files go to run_dir/wandb/ unless WANDB_DIR is set."""
+    wandb_run_name: str | None = None
+    """Display name of the W&B run; None: the run directory's name (Pendulum-v1)."""
+    wandb_mode: str | None = None
+    """W&B mode: "online", "offline" (the run stays in its local files; upload it later with
+    wandb sync) or "disabled"; None: W&B's own choice (the WANDB_MODE environment variable, else
+    online, which needs wandb login or WANDB_API_KEY)."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
@@ -246,9 +262,37 @@ class RunConfig:
                f"run_dir must be a folder path (or omitted: derived from env), got {self.run_dir!r}")
         _check(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1,
                f"keep_checkpoints must be an integer >= 1, got {self.keep_checkpoints!r}")
+        project = self.wandb_project
+        _check(project is None or (isinstance(project, str) and project.strip() != ""
+                                   and not set(project) & set(WANDB_FORBIDDEN)),
+               f"wandb_project must be a W&B project name, without any of {' '.join(WANDB_FORBIDDEN)} (or "
+               f"omitted: no W&B), got {project!r}")
+        _check(self.wandb_run_name is None or (isinstance(self.wandb_run_name, str)
+                                               and self.wandb_run_name.strip() != ""),
+               f"wandb_run_name must be a non-empty name (or omitted: the run directory's name), got "
+               f"{self.wandb_run_name!r}")
+        _check(self.wandb_mode is None or self.wandb_mode in WANDB_MODES,
+               f"wandb_mode must be one of {', '.join(WANDB_MODES)} (or omitted: W&B's own choice), got "
+               f"{self.wandb_mode!r}")
         with _as_config_error():
             checks.start_fits_capacity("training.start_training", self.training.start_training,
                                        "memory.capacity", self.memory.capacity)
+        self._refuse_rate_deadlock()
+
+    def _refuse_rate_deadlock(self) -> None:
+        """Each side of rate control waits for the other: the trainer for samples (at most
+        ``max_training_steps_per_env_step`` updates per sample), the workers for updates
+        (``workers.env_steps_per_update`` samples per update). Unless their product is at least 1,
+        both end up waiting forever after a few hundred updates."""
+        rate, cap = self.workers.env_steps_per_update, self.training.max_training_steps_per_env_step
+        if rate is None or cap == math.inf or rate * cap >= 1.0 - 1e-9:
+            return
+        raise ConfigError(
+            f"these rate settings deadlock: workers.env_steps_per_update x "
+            f"training.max_training_steps_per_env_step = {rate:g} x {cap:g} = {rate * cap:g} < 1, so the "
+            f"workers wait for updates while the trainer waits for samples; make the product at least 1, "
+            f"e.g. --workers.env-steps-per-update {1.0 / cap:g} (or --workers.env-steps-per-update none "
+            f"for unmetered workers)")
 
     @property
     def algorithm_spec(self) -> Algorithm:
