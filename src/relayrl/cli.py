@@ -9,13 +9,14 @@ import sys
 from .config import ConfigError, RunConfig, load_config, to_toml, with_overrides
 
 TRAIN_HELP = """\
-Train SAC with local rollout-worker processes (defaults: Pendulum-v1, 2 workers, 10 epochs of
-5 rounds of 200 updates, about 10,000 environment steps). Shows progress, prints a statistics
-table per round, writes stats.csv, stats.jsonl and TensorBoard events to the run directory, and
-checkpoints after every epoch. Running the same command again resumes from the last checkpoint;
-Ctrl+C or SIGTERM saves, stops the workers and exits (workers also exit by themselves if the
-trainer is killed outright). Precedence: defaults < --config FILE < flags. Every setting, with its
-documentation, is a field of relayrl.config (print them with --print-config)."""
+Train SAC with local rollout-worker processes (defaults: Pendulum-v1, 2 workers, 10 epochs of 5
+rounds of 200 updates, about 10,000 environment steps). Shows progress, prints a statistics table
+per round, writes stats.csv, stats.jsonl and TensorBoard events to the run directory (and to
+Weights & Biases with --wandb PROJECT, the wandb extra), and checkpoints after every epoch. Running
+the same command again resumes from the last checkpoint; Ctrl+C or SIGTERM saves, stops the workers
+and exits (workers also exit by themselves if the trainer is killed outright). Precedence: defaults
+< --config FILE < flags. Every setting, with its documentation, is a field of relayrl.config (print
+them with --print-config)."""
 
 
 TRAINER_HELP = """\
@@ -70,7 +71,7 @@ and moviepy)."""
 # short aliases stay for the settings changed most often; they resolve to the same fields.
 RUN_ALIASES = {"epochs": "training.epochs", "rounds": "training.rounds", "steps": "training.steps",
                "device": "training.device", "start-training": "training.start_training",
-               "profiling": "training.profiling"}
+               "profiling": "training.profiling", "wandb": "wandb_project"}
 LOCAL_ALIASES = {"workers": "workers.count"}
 WORKER_FIELDS = ("env", "algorithm")
 WORKER_ALIASES = {"max-samples-per-episode": "workers.max_samples_per_episode",

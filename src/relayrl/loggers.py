@@ -1,8 +1,10 @@
-"""Where statistics rows go: a CSV file, a JSONL file, TensorBoard, and the terminal.
+"""Where statistics rows go: a CSV file, a JSONL file, TensorBoard, Weights & Biases (optional),
+and the terminal.
 
 Every file logger has ``log(row)`` (a pandas ``Series`` or a dict, one per round) and ``close()``.
-The files are appended to, so a resumed run continues them. Counters (:data:`INTEGER_KEYS` and
-whatever the logger is told) are written as integers (``200``, not ``200.0``).
+The files are appended to, so a resumed run continues them (and the W&B run, whose id the run
+directory keeps). Counters (:data:`INTEGER_KEYS` and whatever the logger is told) are written as
+integers (``200``, not ``200.0``). wandb is imported only by :class:`WandbLogger`.
 
 The terminal gets :class:`ConsoleTable`: one fixed-width line per round, under a header line
 repeated every ``header_every`` rows. While a progress bar is drawn, :func:`logging_around_bar`
@@ -15,6 +17,9 @@ import csv
 import json
 import logging
 import math
+import os
+import secrets
+import string
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -103,6 +108,95 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class MissingWandb(ValueError):
+    """W&B logging was asked for (``wandb_project``, ``--wandb``) but wandb is not installed."""
+
+
+class WandbError(ValueError):
+    """W&B could not start the run (not logged in, a refused project...): the message says why."""
+
+
+def import_wandb():
+    """The ``wandb`` module, or :class:`MissingWandb` naming the command that installs it."""
+    try:
+        import wandb
+    except ImportError as exc:
+        from .envs import pip_command
+        pip = pip_command()
+        raise MissingWandb(f"--wandb (wandb_project) needs the wandb package, which is not installed: run "
+                           f"{pip} install wandb (or {pip} install -e \".[wandb]\", the wandb extra)") from exc
+    return wandb
+
+
+def _wandb_command() -> str:
+    """How to run W&B's command line for this Python (``.venv/bin/wandb`` in this project's venv)."""
+    from .envs import pip_command
+    pip = pip_command()  # .venv/bin/pip, or <python> -m pip
+    return pip[:-len("pip")] + "wandb" if pip.endswith("pip") else "wandb"
+
+
+def new_wandb_run_id(length: int = 8) -> str:
+    """A W&B run id: lowercase letters and digits (W&B refuses ``/ \\ # ? % :`` in ids)."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(length))
+
+
+class WandbLogger:
+    """Every row to a Weights & Biases run: its numbers at step ``total_samples`` (as TensorBoard's;
+    NaN, i.e. no episode finished in the round, is left out), the run's configuration as the W&B
+    config. The run's id is kept in ``run_dir/wandb_run_id`` (written before the run starts), so a
+    resumed run continues the same W&B run. W&B's local files go to ``run_dir/wandb/`` unless the
+    ``WANDB_DIR`` environment variable says otherwise; ``mode`` None leaves the mode to W&B
+    (``WANDB_MODE``, else online)."""
+
+    ID_FILE = "wandb_run_id"
+
+    def __init__(self, run_dir: str | Path, project: str, config: Mapping | None = None, *,
+                 name: str | None = None, mode: str | None = None,
+                 integer_keys: Iterable[str] = INTEGER_KEYS):
+        wandb = import_wandb()
+        run_dir = Path(run_dir)
+        self.integer_keys = integer_keys
+        self.run_id = self._run_id(run_dir / self.ID_FILE)
+        options: dict[str, Any] = {"project": project, "id": self.run_id, "resume": "allow",
+                                   "name": name or run_dir.absolute().name, "config": dict(config or {})}
+        if mode is not None:
+            options["mode"] = mode
+        if not os.environ.get("WANDB_DIR"):
+            options["dir"] = str(run_dir)
+        try:
+            self.run = wandb.init(**options)
+        except wandb.errors.Error as exc:
+            why = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            raise WandbError(f"W&B could not start the run ({why}); log in with {_wandb_command()} login (or "
+                             "set WANDB_API_KEY), or log to local files with --wandb-mode offline") from exc
+
+    @staticmethod
+    def _run_id(path: Path) -> str:
+        """The id kept in ``path``, or a new one written there."""
+        try:
+            kept = path.read_text().strip()
+        except FileNotFoundError:
+            kept = ""
+        if kept:
+            return kept
+        run_id = new_wandb_run_id()
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(run_id + "\n")
+        os.replace(temporary, path)
+        return run_id
+
+    def log(self, row: Mapping | pd.Series) -> None:
+        record = plain_record(row, self.integer_keys)
+        data = {key: value for key, value in record.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        self.run.log(data, step=int(record.get("total_samples") or 0))
+
+    def close(self) -> None:
+        """Finish the W&B run; as failed (exit code 1) when called while an exception (Ctrl+C
+        included) is on its way out of the run."""
+        self.run.finish(exit_code=0 if sys.exc_info()[0] is None else 1)
 
 
 # --- the terminal --------------------------------------------------------------------------------

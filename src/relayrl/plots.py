@@ -4,9 +4,9 @@
 episodes finished in each round (test episodes, the deterministic policy, solid; training episodes,
 dashed) against the environment steps received (``total_samples``), and against the wall-clock
 time of the rounds (``round_time`` summed). Runs whose ``config.json`` files are identical except
-for ``seed`` and ``run_dir`` are seeds of one configuration: they are drawn as one curve, their
-mean, with a band from their minimum to their maximum, on a common grid (the x values of every
-seed where all of them have data, each seed interpolated linearly). The trainer calls
+for ``seed`` and ``run_dir`` (and the W&B settings) are seeds of one configuration: they are drawn
+as one curve, their mean, with a band from their minimum to their maximum, on a common grid (the x
+values of every seed where all of them have data, each seed interpolated linearly). The trainer calls
 :func:`write_learning_curve` after every epoch, which keeps ``RUN_DIR/learning_curve.png`` current.
 
 The rows are read from ``stats.jsonl`` (``stats.csv`` when there is no JSONL file): each of its
@@ -48,8 +48,9 @@ RETURN_KEYS = ("return_test", "return_train")
 """The row keys drawn: the test (deterministic) episodes' mean return, then the training episodes'."""
 AXES = ("env_steps", "wall_clock")
 """The panels: against ``total_samples``, and against the cumulative ``round_time`` in seconds."""
-SEED_KEYS = ("seed", "run_dir")
-"""The ``config.json`` keys in which seeds of one configuration may differ."""
+SEED_KEYS = ("seed", "run_dir", "wandb_project", "wandb_run_name", "wandb_mode")
+"""The ``config.json`` keys in which seeds of one configuration may differ (the W&B settings say
+only where the rows are logged too)."""
 FIGSIZE = (12.0, 4.8)
 DPI = 100
 """The picture is ``FIGSIZE * DPI`` pixels (1200 x 480)."""

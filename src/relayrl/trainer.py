@@ -8,6 +8,7 @@ A run directory holds::
     config.json                 the configuration the run was started with
     stats.csv, stats.jsonl      one row per round
     tensorboard/                TensorBoard events
+    wandb_run_id, wandb/        with ``wandb_project``: the W&B run's id (kept for resuming) and files
     actor.npz                   the latest policy weights (load with ActorModule.load)
 
 Running the same command again resumes from ``checkpoints/latest``: counters, agent, optimisers and
@@ -32,8 +33,8 @@ from .algorithms import DEFAULT_ALGORITHM
 from .checkpoint import CheckpointError, load_latest, save_checkpoint
 from .config import RunConfig, default_run_dir, env_dir_name
 from .interface import check_interface
-from .loggers import (CsvLogger, ConsoleTable, JsonlLogger, TensorBoardLogger, format_integer, format_return,
-                      logging_around_bar)
+from .loggers import (CsvLogger, ConsoleTable, JsonlLogger, TensorBoardLogger, WandbLogger, format_integer,
+                      format_return, import_wandb, logging_around_bar)
 from .prioritized import configured_memory_cls
 from .round_stats import INTEGER_KEYS
 from .system import available_cores
@@ -100,6 +101,8 @@ class Trainer:
     def __init__(self, config: RunConfig, progress: bool = True, print_tables: bool = True, *,
                  role: str = "train"):
         config = config.with_run_dir(role)
+        if config.wandb_project is not None:
+            import_wandb()  # fails now, naming the install command, if W&B is asked for but missing
         self.config = config
         self.role = role
         self.run_dir = Path(config.run_dir)
@@ -193,14 +196,14 @@ class Trainer:
         epoch is done, ``interface.announce_end()`` (if it has one) tells the workers the run is over."""
         check_interface(interface)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
-        loggers = [CsvLogger(self.run_dir / "stats.csv", self.integer_keys),
-                   JsonlLogger(self.run_dir / "stats.jsonl", self.integer_keys),
-                   TensorBoardLogger(self.run_dir / "tensorboard")]
+        config_json = json.dumps(self.config.to_dict(), indent=2)
+        (self.run_dir / "config.json").write_text(config_json)
         self.table = ConsoleTable() if self.print_tables else None
         training = self.training
         rows: list[pd.Series] = []
         with contextlib.ExitStack() as stack:
+            # opened before the bar, so closed after it: W&B's closing summary is not drawn into it
+            loggers = self._open_loggers(stack, json.loads(config_json))
             bar = self._open_bar(stack) if self.progress else None
             interface.broadcast_model(training.agent.get_actor())  # workers start from the current policy
             try:
@@ -213,12 +216,29 @@ class Trainer:
                 raise
             finally:
                 training.close()
-                for logger in loggers:
-                    logger.close()
         announce_end = getattr(interface, "announce_end", None)
         if callable(announce_end):
             announce_end()
         return rows
+
+    def _open_loggers(self, stack: contextlib.ExitStack, config_data: dict) -> list:
+        """The statistics loggers: the run directory's files, and W&B's with ``wandb_project``
+        (``config_data``, config.json's contents, as its config); each is closed when ``stack``
+        closes, also if a later one fails to open."""
+        loggers: list = []
+
+        def opened(logger):
+            loggers.append(logger)
+            stack.callback(logger.close)
+
+        opened(CsvLogger(self.run_dir / "stats.csv", self.integer_keys))
+        opened(JsonlLogger(self.run_dir / "stats.jsonl", self.integer_keys))
+        opened(TensorBoardLogger(self.run_dir / "tensorboard"))
+        config = self.config
+        if config.wandb_project is not None:
+            opened(WandbLogger(self.run_dir, config.wandb_project, config_data, name=config.wandb_run_name,
+                               mode=config.wandb_mode, integer_keys=self.integer_keys))
+        return loggers
 
     def _after_epoch(self, checkpoint: Path) -> None:
         """What follows each epoch's checkpoint: a log line and ``learning_curve.png`` (drawn from
