@@ -138,3 +138,73 @@ def test_default_torch_threads_leave_a_core_and_split_for_the_parallel_update(mo
         monkeypatch.setattr(trainer_module, "available_cores", lambda c=cores: c)
         assert trainer_module.default_torch_threads(False) == serial
         assert trainer_module.default_torch_threads(True) == parallel
+
+
+def test_ctrl_c_inside_an_epoch_resumes_at_the_round_it_had_not_finished(tmp_path):
+    cfg = with_overrides(small_config(tmp_path / "run", epochs=2), **{"training.rounds": 4})
+    trainer = Trainer(cfg, progress=False, print_tables=False)
+
+    class Interrupting(ScriptedInterface):
+        def broadcast_model(self, actor):
+            # inside round 2 of epoch 0 (updates 10-15): rounds 0 and 1 are done
+            if self.training.total_updates >= 12:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(Interrupting(trainer.training, per_pull=10))
+    resumed = Trainer(cfg, progress=False, print_tables=False)
+    assert (resumed.training.epoch, resumed.training.round) == (0, 2)
+    run(resumed)
+    stats = pd.read_csv(tmp_path / "run" / "stats.csv")
+    # every (epoch, round) once: round 2 of epoch 0 is trained again, rounds 0-1 are not
+    assert list(zip(stats["epoch"], stats["round"])) == [(0, 0), (0, 1), (0, 2), (0, 3),
+                                                         (1, 0), (1, 1), (1, 2), (1, 3)]
+    assert resumed.training.epoch == 2 and resumed.training.round == 0
+
+
+def test_after_a_kill_the_statistics_agree_with_the_checkpoint_and_hold_no_duplicate(tmp_path):
+    run_dir = tmp_path / "run"
+    first = Trainer(small_config(run_dir, epochs=1), progress=False, print_tables=False)
+    run(first)
+    checkpoint_updates = first.training.total_updates
+    # what a run killed inside its next epoch leaves: rows past the checkpoint, a line cut off
+    jsonl = (run_dir / "stats.jsonl").read_text().splitlines()
+    ghost = json.loads(jsonl[-1])
+    ghost.update(epoch=1, round=0, total_updates=checkpoint_updates + 5)
+    with open(run_dir / "stats.jsonl", "a") as f:
+        f.write(json.dumps(ghost) + "\n" + '{"epoch": 1, "round": 1, "total_upd')
+    csv_lines = (run_dir / "stats.csv").read_text().splitlines()
+    header = csv_lines[0].split(",")
+    ghost_csv = csv_lines[-1].split(",")
+    ghost_csv[header.index("epoch")] = "1"
+    ghost_csv[header.index("total_updates")] = str(checkpoint_updates + 5)
+    with open(run_dir / "stats.csv", "a") as f:
+        f.write(",".join(ghost_csv) + "\n")
+
+    second = Trainer(small_config(run_dir, epochs=2), progress=False, print_tables=False)
+    assert len((run_dir / "stats.jsonl").read_text().splitlines()) == len(jsonl)  # ghosts gone
+    assert len(pd.read_csv(run_dir / "stats.csv")) == len(jsonl)
+    run(second)
+    for rows in (pd.read_csv(run_dir / "stats.csv"),
+                 pd.DataFrame([json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()])):
+        pairs = list(zip(rows["epoch"], rows["round"]))
+        assert pairs == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        assert list(rows["total_updates"]) == sorted(rows["total_updates"])
+
+
+def test_a_resumed_run_asks_tensorboard_to_purge_the_events_after_its_checkpoint(tmp_path, monkeypatch):
+    import tensorboardX
+
+    opened = []
+    original = tensorboardX.SummaryWriter
+
+    def recording(logdir, purge_step=None, **kwargs):
+        opened.append(purge_step)
+        return original(logdir, purge_step=purge_step, **kwargs)
+
+    monkeypatch.setattr(tensorboardX, "SummaryWriter", recording)
+    first = Trainer(small_config(tmp_path / "run", epochs=1), progress=False, print_tables=False)
+    run(first)
+    second = Trainer(small_config(tmp_path / "run", epochs=2), progress=False, print_tables=False)
+    run(second)
+    assert opened == [None, first.training.total_samples + 1]

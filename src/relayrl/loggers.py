@@ -91,12 +91,71 @@ class JsonlLogger:
         pass
 
 
-class TensorBoardLogger:
-    """Scalars under ``relayrl/<key>``, indexed by ``total_samples`` (environment steps)."""
+def drop_rows_after(run_dir: str | Path, total_updates: int) -> int:
+    """Make ``stats.jsonl`` and ``stats.csv`` in ``run_dir`` agree with a checkpoint taken at
+    ``total_updates``: the rows logged after it (by a run that was killed before its next
+    checkpoint, and whose rounds the resumed run does again) are removed, as is a last line cut off
+    mid-write. Each file is rewritten atomically, and only when something goes. Returns the number of
+    rows removed from the JSONL file."""
+    run_dir = Path(run_dir)
+    removed = 0
+    path = run_dir / "stats.jsonl"
+    if path.exists():
+        kept, dropped = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                keep = int(record.get("total_updates", 0)) <= total_updates
+            except (ValueError, TypeError, AttributeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            dropped += not keep
+        if dropped:
+            _replace_text(path, "".join(line + "\n" for line in kept))
+        removed = dropped
+    path = run_dir / "stats.csv"
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if rows:
+            header, body = rows[0], rows[1:]
+            column = header.index("total_updates") if "total_updates" in header else None
 
-    def __init__(self, logdir: str | Path):
+            def keep(row):
+                if column is None:
+                    return True
+                try:
+                    return len(row) == len(header) and float(row[column]) <= total_updates
+                except (ValueError, IndexError):
+                    return False
+
+            kept_rows = [row for row in body if keep(row)]
+            if len(kept_rows) != len(body):
+                import io
+                out = io.StringIO()
+                csv.writer(out).writerows([header, *kept_rows])
+                _replace_text(path, out.getvalue())
+    return removed
+
+
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class TensorBoardLogger:
+    """Scalars under ``relayrl/<key>``, indexed by ``total_samples`` (environment steps).
+    ``purge_step``: events from that step on, left by a run killed before its next checkpoint, are
+    discarded by TensorBoard (a resumed run passes its checkpoint's ``total_samples + 1``)."""
+
+    def __init__(self, logdir: str | Path, purge_step: int | None = None):
         from tensorboardX import SummaryWriter
-        self.writer = SummaryWriter(str(logdir))
+        self.writer = SummaryWriter(str(logdir), purge_step=purge_step)
 
     def log(self, row: Mapping | pd.Series) -> None:
         step = int(row.get("total_samples", 0))

@@ -33,8 +33,8 @@ from .algorithms import DEFAULT_ALGORITHM
 from .checkpoint import CheckpointError, load_latest, save_checkpoint
 from .config import RunConfig, default_run_dir, env_dir_name
 from .interface import check_interface
-from .loggers import (CsvLogger, ConsoleTable, JsonlLogger, TensorBoardLogger, WandbLogger, format_integer,
-                      format_return, import_wandb, logging_around_bar)
+from .loggers import (CsvLogger, ConsoleTable, JsonlLogger, TensorBoardLogger, WandbLogger, drop_rows_after,
+                      format_integer, format_return, import_wandb, logging_around_bar)
 from .prioritized import configured_memory_cls
 from .round_stats import INTEGER_KEYS
 from .system import available_cores
@@ -175,6 +175,11 @@ class Trainer:
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
         self.resumed_from = self.training.epoch
+        # the statistics files say what the checkpoint holds: rows of rounds done after it go
+        dropped = drop_rows_after(self.run_dir, self.training.total_updates)
+        if dropped:
+            log.info("resuming at update %d: dropped %d statistics rows logged after that checkpoint "
+                     "(their rounds are trained again)", self.training.total_updates, dropped)
 
     def save(self, partial: bool = False) -> Path:
         """Checkpoint now (after an epoch, or ``partial`` when interrupted inside one)."""
@@ -233,7 +238,8 @@ class Trainer:
 
         opened(CsvLogger(self.run_dir / "stats.csv", self.integer_keys))
         opened(JsonlLogger(self.run_dir / "stats.jsonl", self.integer_keys))
-        opened(TensorBoardLogger(self.run_dir / "tensorboard"))
+        purge = self.training.total_samples + 1 if self.resumed_from is not None else None
+        opened(TensorBoardLogger(self.run_dir / "tensorboard", purge_step=purge))
         config = self.config
         if config.wandb_project is not None:
             opened(WandbLogger(self.run_dir, config.wandb_project, config_data, name=config.wandb_run_name,

@@ -159,6 +159,7 @@ class TrainingOffline:
         self.batch_size = int(getattr(self.memory, "batch_size", 1))
 
         self.epoch = 0
+        self.round = 0  # rounds of the current epoch already done (a checkpoint inside an epoch keeps it)
         self.total_updates = 0
         self.total_samples = 0
         #: Buffers refused by :attr:`buffer_check` (see :mod:`relayrl.buffer_check`) since this
@@ -181,11 +182,14 @@ class TrainingOffline:
             self.agent_scheduler(self.agent, self.epoch)
         rows = []
         with self._profiled(f"epoch {self.epoch}"):
-            for round_index in range(self.rounds):
+            # a run resumed inside an epoch (after Ctrl+C) goes on at the round it had not finished
+            for round_index in range(self.round, self.rounds):
                 rows.append(self.run_round(interface, round_index))
+                self.round = round_index + 1
                 if on_round is not None:
                     on_round(rows[-1])
         self.epoch += 1
+        self.round = 0
         return rows
 
     def run_round(self, interface, round_index: int = 0) -> pd.Series:
@@ -347,13 +351,14 @@ class TrainingOffline:
     def state_dict(self) -> dict[str, Any]:
         """Counters, agent and memory: everything a resumed run needs (no code, no pickle)."""
         self._prefetch_thread.join()
-        return {"epoch": self.epoch, "total_updates": self.total_updates,
+        return {"epoch": self.epoch, "round": self.round, "total_updates": self.total_updates,
                 "total_samples": self.total_samples, "agent": self.agent.state_dict(),
                 "memory": self.memory.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._prefetch_thread.join()
         self.epoch = int(state["epoch"])
+        self.round = int(state.get("round", 0))  # (checkpoints before rounds were kept: 0)
         self.total_updates = int(state["total_updates"])
         self.total_samples = int(state["total_samples"])
         self.agent.load_state_dict(state["agent"])
