@@ -380,7 +380,10 @@ def report(args) -> None:
         ax.set_xlabel("environment steps")
         ax.set_ylabel(f"mean return of {EVAL_EPISODES} deterministic episodes")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(args.png, dpi=110)
     print(f"curves: {args.png}")
