@@ -80,13 +80,17 @@ class TrainingConfig:
     """Profile each epoch with pyinstrument and log the report."""
     start_training: int = 256
     """No update before the memory holds this many transitions (and never before one batch)."""
-    ratio_from_start: bool = True
+    ratio_from_start: bool = False
     """Count the update-to-data cap from ``start_training`` on: updates wait while
     ``total_updates > max_training_steps_per_env_step * (total_samples - start_training)``, so
-    training starts at one update per new sample (Stable-Baselines3's ``learning_starts``). False:
-    tmrl's counting over all samples (``TrainingOffline``'s own default), where a warm-up of
-    ``start_training = 10000`` lets 10,000 updates run on the first 10,000 samples before any new
-    one arrives."""
+    training starts at one update per new sample (Stable-Baselines3's ``learning_starts``); turn
+    it on with a large warm-up (the MuJoCo recipe: ``--start-training 10000``). False (the
+    default): tmrl's counting over all samples (``TrainingOffline``'s own), where the warm-up
+    samples are trained on at once: with the default 256 that looks like a head start (Pendulum-v1
+    end to end, one run each: a median of 4,116 steps to -200 with it on, 3,060 off; runs differ by
+    about 1,000 steps), with 10,000 it is 10,000 updates on the
+    first 10,000 samples before any new one arrives, which cost relayrl's SAC a third of its
+    HalfCheetah return."""
     device: str | None = None
     """Torch device of the agent and the batches; None picks CUDA, else MPS, else CPU."""
     prefetch: bool | None = None
