@@ -272,7 +272,7 @@ def evaluate(env, actor, episodes=3):
 def test_short_learning_run_on_pendulum(name):
     """5,000 steps of Pendulum-v1 (1,000 random, then one update per step), synchronous: the
     deterministic policy must beat a random one (about -1,200) by far. One torch thread: on a
-    loaded machine, torch's spin-waiting threads make a small update 15x slower."""
+    loaded machine, torch's spin-waiting threads make a small update many times slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -5,8 +5,7 @@ What changes against :mod:`relayrl.algorithms.sac`:
 
 * **no target networks**: the bootstrap comes from the online critics themselves;
 * **batch-normalised critics**: the critics' inputs and each hidden layer's activations (after the
-  ReLU, as in the paper's code: normalising before it learned Pendulum-v1 to -799 in 5,000 steps
-  where after it reached -328) are normalised over the batch (running statistics, updated at rate
+  ReLU, as in the paper's code) are normalised over the batch (running statistics, updated at rate
   ``batch_norm_momentum``, for evaluation);
 * **the joint forward pass**: current ``(s, a)`` and next ``(s', a' ~ pi(s'))`` pairs go through the
   critics as *one* batch of ``2B``, so the normalisation statistics mix both distributions (the
